@@ -1,0 +1,1 @@
+"""Sub-commands of the `ovss` CLI, one module each (see ovss.cli)."""
