@@ -1,0 +1,134 @@
+"""The mmseg-style family (CLIP baseline, MaskCLIP, SCLIP, ClearCLIP, NACLIP; ProxyCLIP builds on it):
+mmseg resize -> whole image or batched sliding windows -> cosine logits with the text classifier -> bilinear
+back to the original size -> (PAMR) -> probabilities, synonyms, background (spec §1.6-1.8).
+
+A subclass only says how a batch of normalised windows becomes patch features (`patch_features`), plus its
+hyper-parameters and presets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones.attention import last_block
+from ..images import LoadedImage
+from ..inference.pamr import pamr
+from ..inference.probs import class_log_probs, threshold_labels
+from ..inference.resize import mmseg_normalize, mmseg_resize
+from ..inference.window import slide_inference
+from ..text import ClassList, encode_queries, load_templates
+from ..text.templates import resource_path
+from .base import Method, Models, Params, Prediction
+
+BENCH_FILES = {  # benchmark -> file-name stem used by the mmseg-based repositories
+    "voc21": "voc21", "voc20": "voc20", "context60": "context60", "context59": "context59",
+    "coco_object": "coco_object", "coco_stuff": "coco_stuff", "cityscapes": "city_scapes", "ade20k": "ade20k",
+    "context459": "context459", "ade847": "ade20k847",
+}
+
+
+def official_classes(folder: str, bench: str) -> str:
+    """Path of an official class file shipped with ovss (resources/classnames/official/<folder>/cls_<bench>.txt)."""
+    return resource_path("classnames", "official", folder, f"cls_{BENCH_FILES[bench]}.txt")
+
+
+@dataclass
+class DenseParams(Params):
+    pad_multiple: int = 0          # zero-pad every window (centred) to a multiple of this; 0 = never
+    whole_double_resize: bool = False   # whole-image mode: up-sample to the input size first, then to the original (NACLIP)
+    pamr_steps: int = 0
+    pamr_dilations: tuple = (8, 16)
+    synonym_rule: str = "max"      # "max" or Trident's "first"
+    window_batch: int = 8          # windows per forward pass
+
+
+class DenseMethod(Method):
+    """Base of the mmseg-style family; subclasses implement `patch_features`."""
+    Params = DenseParams
+
+    def __init__(self, params: DenseParams, models: Models, classes: ClassList):
+        super().__init__()
+        self.params = params
+        self.clip = models.clip
+        self.models = models
+        self.classes = classes
+        self.text = encode_queries(self.clip, classes.queries, load_templates(params.templates),
+                                   device=models.device).to(models.dtype)
+
+    # ------------------------------------------------------------------ to override
+    def patch_features(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Normalised images (B, 3, H, W) -> patch features (B, h*w, E) in the joint space (CLS dropped) and the
+        grid (h, w)."""
+        raise NotImplementedError
+
+    def clip_features(self, x: torch.Tensor, attention="vanilla", residual: bool = False, mlp: bool = False,
+                      bias_fn=None) -> tuple[torch.Tensor, int, int]:
+        """CLIP with blocks 0..L-2 unchanged and the last block replaced (see backbones.attention.last_block);
+        returns `ln_post`·`proj` of the patch tokens (B, h*w, E) and the grid."""
+        clip = self.clip
+        t, h, w = clip.embed(x, pe="A")
+        t = clip.run_blocks(t, 0, len(clip.blocks) - 1)
+        bias = bias_fn(h, w, t) if bias_fn is not None else None
+        t = last_block(clip, t, attention, residual=residual, mlp=mlp, bias=bias)
+        return clip.head(t[:, 1:]), h, w
+
+    # ------------------------------------------------------------------ shared pipeline
+    def cosine_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> cosine logits on the patch grid (B, Q, h, w)."""
+        f, h, w = self.patch_features(x)
+        f = f / f.norm(dim=-1, keepdim=True)
+        logits = f @ self.text.T.to(f.dtype)
+        return logits.transpose(1, 2).reshape(f.shape[0], -1, h, w)
+
+    def window_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Windows (n, 3, h, w) -> cosine logits up-sampled to the window size (n, Q, h, w)."""
+        return F.interpolate(self.cosine_grid(x).float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def preprocess(self, image: LoadedImage) -> torch.Tensor:
+        rgb = mmseg_resize(image.rgb, self.params.short_side, self.params.long_side_cap)
+        return mmseg_normalize(rgb, device=self.models.device, dtype=self.models.dtype)
+
+    def cosine_logits(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Network input (1, 3, H, W) -> cosine logits (Q, h0, w0) at the original size."""
+        p = self.params
+        if p.slide_crop > 0:
+            cos = slide_inference(x, p.slide_crop, p.slide_stride, self.window_logits,
+                                  pad_multiple=p.pad_multiple or None, batch_size=p.window_batch)
+            return F.interpolate(cos[None], size=size, mode="bilinear", align_corners=False)[0]
+        if p.whole_double_resize:
+            cos = self.window_logits(x)
+        else:
+            cos = self.cosine_grid(x).float()
+        return F.interpolate(cos, size=size, mode="bilinear", align_corners=False)[0]
+
+    def class_scores(self, cos: torch.Tensor) -> torch.Tensor:
+        """Cosine logits (Q, H, W) -> log class probabilities (K, H, W); subclasses add their filters."""
+        return class_log_probs(cos, self.classes.query_to_class, self.params.logit_scale, self.params.synonym_rule)
+
+    @torch.inference_mode()
+    def forward(self, image: LoadedImage) -> Prediction:
+        x = self.preprocess(image)
+        size = image.size
+        cos = self.cosine_logits(x, size)
+        if self.params.pamr_steps > 0:
+            img = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+            cos = pamr(img, cos[None], self.params.pamr_steps, self.params.pamr_dilations)[0]
+        logp = self.class_scores(cos)
+        return Prediction(logits=logp.float().cpu(), labels=threshold_labels(logp, self.params.prob_thd).cpu())
+
+
+def presets_table(short: dict, slide: dict, scale: dict, thd: dict, files: Optional[tuple[str, str]] = None,
+                  **common) -> dict:
+    """Build {bench: values} from per-benchmark columns (missing benchmark in `short` = no official config)."""
+    out = {}
+    for bench, s in short.items():
+        crop, stride = slide.get(bench, (0, 112))
+        values = dict(short_side=s, slide_crop=crop, slide_stride=stride, logit_scale=scale.get(bench, scale["*"]),
+                      prob_thd=thd.get(bench, 0.0), **common)
+        if files:
+            values.update(class_format=files[1], classes_file=official_classes(files[0], bench))
+        out[bench] = values
+    return out
