@@ -1,0 +1,214 @@
+"""Segment Anything (``segment_anything`` package) for Trident and as a ProxyCLIP proxy.
+
+A thin wrapper over ``sam_model_registry`` / ``Sam`` / ``ResizeLongestSide``:
+
+* :meth:`SAM.set_image` reproduces ``SamPredictor.set_image`` (longest side -> 1024 with
+  ``int(old * 1024 / max + 0.5)``, the library's own PIL resize, pixel mean/std, zero padding
+  bottom/right) and, from the **last encoder block** (a global-attention block), also keeps its attention
+  probabilities ``softmax(s QK^T + decomposed rel-pos)`` per head and its per-head values, both cropped
+  to the valid grid ``(input_h // 16, input_w // 16)`` on query and key axes (``spec/methods.md`` §2.8
+  step 4). The last block is run by :func:`encode_with_last_attention` from the module's own weights and
+  ``segment_anything``'s ``add_decomposed_rel_pos``, head-chunked to bound memory;
+* :meth:`SAM.predict_torch` / :meth:`SAM.postprocess_masks` = the predictor's prompt encoder + mask
+  decoder on a stored :class:`SamImage` (mask prompts are passed through untouched, so the official
+  3-D ``1x256x256`` mask input keeps its quirk);
+* :class:`SamProxy`: the image encoder's neck output on a 1024x1024 bilinear resize (ProxyCLIP's
+  ``sam`` proxy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import WeightsError
+
+SAM_NAMES = ("vit_b", "vit_l", "vit_h")
+_ALIASES = {"sam_vitb": "vit_b", "sam_vit_b": "vit_b", "sam_vith": "vit_h", "sam_vitl": "vit_l"}
+
+
+@dataclass
+class SamImage:
+    """The state ``SamPredictor.set_image`` leaves behind, plus the last block's attention."""
+    features: torch.Tensor            # (1, 256, 64, 64) neck output
+    input_size: tuple                 # (h, w) after the longest-side resize, before padding
+    original_size: tuple              # (H, W) of the image given to set_image
+    attn: Optional[torch.Tensor] = None   # (heads, Nv, Nv) last-block attention probabilities, valid grid
+    v: Optional[torch.Tensor] = None      # (heads, vh, vw, head_dim) last-block values, valid grid
+
+    @property
+    def valid_grid(self) -> tuple:
+        return self.input_size[0] // 16, self.input_size[1] // 16
+
+
+def last_block_attention(attn_mod: nn.Module, x: torch.Tensor, valid: tuple, head_chunk: int = 2):
+    """Global attention of a SAM ``Attention`` module on x (1, H, W, C), exactly as the library computes
+    it, returning (output (1, H, W, C), probabilities (heads, Nv, Nv), values (heads, vh, vw, d)) with the
+    probabilities/values cropped to the top-left ``valid`` = (vh, vw) grid (no renormalisation)."""
+    from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
+
+    B, H, W, _ = x.shape
+    assert B == 1
+    nh = attn_mod.num_heads
+    vh, vw = valid
+    qkv = attn_mod.qkv(x).reshape(B, H * W, 3, nh, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, B * nh, H * W, -1).unbind(0)
+    outs, probs = [], []
+    for s in range(0, nh, head_chunk):
+        qc, kc, vc = q[s:s + head_chunk], k[s:s + head_chunk], v[s:s + head_chunk]
+        a = (qc * attn_mod.scale) @ kc.transpose(-2, -1)
+        if attn_mod.use_rel_pos:
+            a = add_decomposed_rel_pos(a, qc, attn_mod.rel_pos_h, attn_mod.rel_pos_w, (H, W), (H, W))
+        a = a.softmax(dim=-1)
+        outs.append(a @ vc)
+        a = a.view(-1, H, W, H, W)[:, :vh, :vw, :vh, :vw]
+        probs.append(a.reshape(a.shape[0], vh * vw, vh * vw).clone())
+        del a
+    o = torch.cat(outs, 0).view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+    vals = v.view(nh, H, W, -1)[:, :vh, :vw].contiguous()
+    return attn_mod.proj(o), torch.cat(probs, 0), vals
+
+
+def encode_with_last_attention(encoder: nn.Module, x: torch.Tensor, valid: tuple):
+    """``ImageEncoderViT.forward`` with the last block's attention captured (see above)."""
+    t = encoder.patch_embed(x)
+    if encoder.pos_embed is not None:
+        t = t + encoder.pos_embed
+    for blk in encoder.blocks[:-1]:
+        t = blk(t)
+    blk = encoder.blocks[-1]
+    if blk.window_size > 0:  # pragma: no cover - every released SAM ends with a global block
+        raise ValueError("the last SAM encoder block is windowed; cannot capture global attention")
+    y, probs, vals = last_block_attention(blk.attn, blk.norm1(t), valid)
+    t = t + y
+    t = t + blk.mlp(blk.norm2(t))
+    return encoder.neck(t.permute(0, 3, 1, 2)), probs, vals
+
+
+class SAM(nn.Module):
+    """A loaded SAM model with predictor-style helpers that keep no hidden state."""
+
+    def __init__(self, model: nn.Module, name: str):
+        super().__init__()
+        from segment_anything.utils.transforms import ResizeLongestSide
+        self.model, self.name = model, name
+        self.transform = ResizeLongestSide(model.image_encoder.img_size)
+        self.heads = model.image_encoder.blocks[-1].attn.num_heads
+        self.patch_size = 16
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.pixel_mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.image_encoder.patch_embed.proj.weight.dtype
+
+    def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple]:
+        """uint8 RGB (H, W, 3) -> (padded normalised (1, 3, 1024, 1024), input_size), as set_image does."""
+        resized = self.transform.apply_image(np.ascontiguousarray(image))
+        t = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        input_size = tuple(t.shape[-2:])
+        return self.model.preprocess(t.float()), input_size
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray, with_attention: bool = True) -> SamImage:
+        """Image embedding of a uint8 RGB image (H, W, 3); with the last block's attention when asked."""
+        x, input_size = self.prepare(image)
+        x = x.to(self.dtype)
+        valid = (input_size[0] // 16, input_size[1] // 16)
+        if with_attention:
+            feats, probs, vals = encode_with_last_attention(self.model.image_encoder, x, valid)
+        else:
+            feats, probs, vals = self.model.image_encoder(x), None, None
+        return SamImage(feats, input_size, tuple(image.shape[:2]), probs, vals)
+
+    @torch.no_grad()
+    def predict_torch(self, state: SamImage, point_coords=None, point_labels=None, boxes=None,
+                      mask_input=None, multimask_output: bool = False):
+        """``SamPredictor.predict_torch`` on `state` (coordinates already in the 1024 frame).
+        Returns (low-res mask logits (B, C, 256, 256), predicted IoU (B, C)); prompt encoder and mask
+        decoder run in fp32."""
+        m = self.model
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = m.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res, iou = m.mask_decoder(image_embeddings=state.features.float(),
+                                      image_pe=m.prompt_encoder.get_dense_pe(),
+                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                      multimask_output=multimask_output)
+        return low_res, iou
+
+    def postprocess_masks(self, low_res: torch.Tensor, state: SamImage) -> torch.Tensor:
+        """Low-res logits -> logits at the state's original size (bilinear to 1024, crop, bilinear)."""
+        return self.model.postprocess_masks(low_res, state.input_size, state.original_size)
+
+    @torch.no_grad()
+    def neck(self, x: torch.Tensor) -> torch.Tensor:
+        """Image-encoder (neck) output of an already normalised, already 1024x1024 batch."""
+        return self.model.image_encoder(x.to(self.dtype))
+
+
+class SamProxy(nn.Module):
+    """ProxyCLIP's ``sam`` proxy: ImageNet-normalised crops, bilinear to 1024x1024, neck output 256x64x64."""
+
+    patch_size = 16
+
+    def __init__(self, sam: SAM):
+        super().__init__()
+        self.sam = sam
+        self.name = f"sam_{sam.name.replace('_', '')}"
+        self.embed_dim = 256
+        self.input_size = sam.model.image_encoder.img_size
+
+    def grid(self, H: int, W: int) -> tuple[int, int]:
+        return self.input_size // 16, self.input_size // 16
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x.to(self.sam.dtype), size=(self.input_size, self.input_size), mode="bilinear",
+                          align_corners=False)
+        return self.sam.neck(x)
+
+    forward = features
+
+
+def load_sam(name: str = "vit_b", weights: Optional[str] = None, device="cpu",
+             dtype: torch.dtype = torch.float32, seed: int = 0) -> SAM:
+    """SAM `name` (vit_b | vit_l | vit_h) with `weights` ("random", a ``segment_anything`` checkpoint path,
+    or None = download/cache via ``ovss.weights``). The image encoder is cast to `dtype`; prompt encoder
+    and mask decoder stay fp32 (as Trident runs them)."""
+    from segment_anything import sam_model_registry
+
+    from .. import weights as W
+    from .vfm import random_state_dict
+
+    name = _ALIASES.get(name, name)
+    if name not in SAM_NAMES:
+        raise WeightsError(f"unknown SAM model {name!r}; known: {', '.join(SAM_NAMES)}")
+    key = f"sam:{name}"
+    path = W.resolve(key, weights) if key in W.SPECS else (weights or "random")
+    model = sam_model_registry[name](checkpoint=None)
+    if path == "random":
+        depth = len(model.image_encoder.blocks)
+        sd = random_state_dict(model, seed=seed, depth=depth)
+        sd = {k: v for k, v in sd.items()}
+        for k in sd:  # the pixel statistics are buffers of the architecture, not weights
+            if k in ("pixel_mean", "pixel_std"):
+                sd[k] = model.state_dict()[k]
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise WeightsError(f"cannot read SAM weights {path!r}: {type(e).__name__}: {e}") from None
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise WeightsError(f"SAM {name}: weights {path!r} do not match the architecture: "
+                           f"{str(e).splitlines()[0][:300]}") from None
+    model = model.to(device).eval().requires_grad_(False)
+    model.image_encoder.to(dtype)
+    return SAM(model, name)
