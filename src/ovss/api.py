@@ -76,11 +76,12 @@ class Segmenter:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         if classes is None:
-            if not self.params.classes_file:
+            classes = cls.default_classes(self.params)
+            if classes is None:
                 raise InputError("no classes given: pass classes=[...] or a class file (or a benchmark preset, "
                                  "which brings its official class file)")
-            classes = self.params.classes_file
-        self.class_list: ClassList = parse_classes(classes, self.params.class_format)
+        self.class_list: ClassList = (classes if isinstance(classes, ClassList)
+                                      else parse_classes(classes, self.params.class_format))
         models = self._load_models(cls, clip, clip_weights, vfm, vfm_weights, sam, sam_weights, sd_weights)
         self.method = cls(self.params, models, self.class_list)
 

@@ -89,5 +89,11 @@ class Method(torch.nn.Module):
         values.update(overrides)
         return cls.Params(**values)
 
+    @classmethod
+    def default_classes(cls, params: Params) -> Any:
+        """The classes used when the user gives none: the preset's official class file (a path), or a ClassList
+        built in code (CLIPtrase joins its label and background files); None when there is none."""
+        return getattr(params, "classes_file", None) or None
+
     def forward(self, image) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError
