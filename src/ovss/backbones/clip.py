@@ -6,7 +6,8 @@ Nothing here decides which attention a method uses; see :mod:`ovss.backbones.att
 """
 from __future__ import annotations
 
-import os
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,15 +49,23 @@ def _tiny_clip(quick_gelu: bool = True) -> nn.Module:
         quick_gelu=quick_gelu)
 
 
+def _is_torchscript(path: str) -> bool:
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") for n in z.namelist())
+
+
 def _read_state_dict(path: str) -> dict:
     """OpenAI `.pt` archive (TorchScript), or a state_dict in `.pt/.pth/.bin/.safetensors`."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         return load_file(path)
-    try:  # OpenAI releases are TorchScript archives
-        return torch.jit.load(path, map_location="cpu").state_dict()
-    except Exception:
-        pass
+    if _is_torchscript(path):  # OpenAI releases are TorchScript archives
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {k: v for k, v in torch.jit.load(path, map_location="cpu").state_dict().items()}
     sd = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
@@ -243,8 +252,12 @@ def load_clip(name: str = "ViT-B/16", weights: Optional[str] = None, device: Opt
         src = W.RANDOM
     else:
         src = W.resolve(key, weights)
-    with torch.device("cpu"):
-        model = _tiny_clip() if arch is None else open_clip.create_model(arch, pretrained=None)
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)   # open_clip warns that no pretrained weights were loaded: we load them
+    try:
+        model = _tiny_clip() if arch is None else open_clip.create_model(arch, pretrained=None, device="cpu")
+    finally:
+        logging.getLogger().setLevel(quiet)
     if src == W.RANDOM:
         _random_init_(model, seed)
     else:
