@@ -142,6 +142,15 @@ class SAM(nn.Module):
                                       multimask_output=multimask_output)
         return low_res, iou
 
+    @torch.no_grad()
+    def decode(self, state: SamImage, sparse: torch.Tensor, dense: torch.Tensor, multimask_output: bool = False):
+        """Mask decoder on prompt embeddings already computed (sparse (B, n, 256), dense (B or 1, 256, 64, 64))
+        -> (low-res logits, IoU). Regions of several prompts can be decoded in one batch."""
+        m = self.model
+        return m.mask_decoder(image_embeddings=state.features.float(), image_pe=m.prompt_encoder.get_dense_pe(),
+                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                              multimask_output=multimask_output)
+
     def postprocess_masks(self, low_res: torch.Tensor, state: SamImage) -> torch.Tensor:
         """Low-res logits -> logits at the state's original size (bilinear to 1024, crop, bilinear)."""
         return self.model.postprocess_masks(low_res, state.input_size, state.original_size)
@@ -164,11 +173,11 @@ class SamProxy(nn.Module):
         self.embed_dim = 256
         self.input_size = sam.model.image_encoder.img_size
 
-    def grid(self, H: int, W: int) -> tuple[int, int]:
+    def grid(self, H: int, W: int, size=None) -> tuple[int, int]:
         return self.input_size // 16, self.input_size // 16
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, size=None) -> torch.Tensor:
         x = F.interpolate(x.to(self.sam.dtype), size=(self.input_size, self.input_size), mode="bilinear",
                           align_corners=False)
         return self.sam.neck(x)
@@ -195,10 +204,6 @@ def load_sam(name: str = "vit_b", weights: Optional[str] = None, device="cpu",
     if path == "random":
         depth = len(model.image_encoder.blocks)
         sd = random_state_dict(model, seed=seed, depth=depth)
-        sd = {k: v for k, v in sd.items()}
-        for k in sd:  # the pixel statistics are buffers of the architecture, not weights
-            if k in ("pixel_mean", "pixel_std"):
-                sd[k] = model.state_dict()[k]
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)

@@ -132,12 +132,15 @@ class VFM(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # -- forward ---------------------------------------------------------------------------------
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens (class, registers, patches) after the final norm: (B, 1 + R + h*w, D)."""
+    def tokens(self, x: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
+        """All tokens (class, registers, patches) after the final norm: (B, 1 + R + h*w, D).
+        `size`: MAE's fixed square input (default: ``input_size``); ignored by the others."""
         v = self.vit
         x = x.to(v.pos_embed.dtype)
-        if self.cfg.fixed_input and x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if self.cfg.fixed_input:
+            s = size or self.input_size
+            if x.shape[-2:] != (s, s):
+                x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         B, _, H, W = x.shape
         t = v.patch_embed.proj(x)                      # conv, stride = patch: pixels past the last patch dropped
         h, w = t.shape[-2:]
@@ -150,17 +153,17 @@ class VFM(nn.Module):
             t = blk(t)
         return v.norm(t)
 
-    def grid(self, H: int, W: int) -> tuple[int, int]:
+    def grid(self, H: int, W: int, size: Optional[int] = None) -> tuple[int, int]:
         """Patch grid of the features for an H x W input."""
         if self.cfg.fixed_input:
-            H = W = self.input_size
+            H = W = size or self.input_size
         return H // self.patch_size, W // self.patch_size
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
         """(B, 3, H, W) ImageNet-normalised -> (B, D, h, w): last block, final norm, patch tokens only."""
-        h, w = self.grid(*x.shape[-2:])
-        t = self.tokens(x)[:, 1 + self.cfg.reg_tokens:]
+        h, w = self.grid(*x.shape[-2:], size=size)
+        t = self.tokens(x, size)[:, 1 + self.cfg.reg_tokens:]
         return t.transpose(1, 2).reshape(t.shape[0], -1, h, w)
 
     forward = features
