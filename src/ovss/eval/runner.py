@@ -102,11 +102,17 @@ def fingerprint(cfg: EvalConfig, ds: SegDataset, stems: list[str]) -> dict:
 
 
 def _record_params(seg) -> Any:
-    for obj in (seg, getattr(seg, "method", None), getattr(seg, "model", None)):
+    """The segmenter's exact configuration (``Segmenter.config()``, else its ``params`` dataclass), JSON-safe."""
+    conf = getattr(seg, "config", None)
+    if callable(conf):
+        try:
+            return json.loads(json.dumps(conf(), default=repr))
+        except Exception:  # a custom segmenter's config() is best effort
+            pass
+    for obj in (seg, getattr(seg, "method", None)):
         p = getattr(obj, "params", None) if obj is not None else None
         if p is not None and dataclasses.is_dataclass(p):
-            return {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else repr(v))
-                    for k, v in dataclasses.asdict(p).items()}
+            return json.loads(json.dumps(dataclasses.asdict(p), default=repr))
     return None
 
 
@@ -262,8 +268,9 @@ def evaluate(cfg: EvalConfig, out_dir, *, resume: bool = False, overwrite: bool 
         save()
         if bar is not None:
             bar.close()
-        if info.is_main:
-            print(f"ovss eval: progress saved in {state.dir}; continue with --resume", flush=True)
+        if sess.done or base.done:
+            print(f"ovss eval: progress saved in {state.dir}; continue with --resume"
+                  + (f" (rank {info.rank})" if info.active else ""), flush=True)
         raise
     save()
     if bar is not None:
