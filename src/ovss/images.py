@@ -38,7 +38,8 @@ def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
     if a.dtype == np.bool_:
         return a.astype(np.uint8) * 255
     if np.issubdtype(a.dtype, np.integer):
-        top = 65535 if a.max(initial=0) > 255 else 255
+        # 16-bit data is scaled by its bit depth (a dark 16-bit image stays dark); other integer types by content
+        top = 65535 if a.dtype == np.uint16 or a.max(initial=0) > 255 else 255
         return np.clip(np.round(a.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
     if np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all():
