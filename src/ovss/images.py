@@ -79,8 +79,11 @@ def _pil_to_rgb(im: Image.Image, name: str) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im))
 
 
-def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Decode `image` into RGB uint8; raises InputError naming the input when it is not a usable image."""
+def load_image(image: ImageInput, max_pixels: Optional[int] = None) -> LoadedImage:
+    """Decode `image` into RGB uint8; raises InputError naming the input when it is not a usable image.
+    `max_pixels` defaults to the module's MAX_PIXELS read at call time (so raising it takes effect)."""
+    if max_pixels is None:
+        max_pixels = MAX_PIXELS
     if isinstance(image, LoadedImage):
         return image
     path = None
