@@ -1,0 +1,100 @@
+"""Patch clustering and mask voting (CLIPtrase, spec §2.6 steps 9-12), vectorised.
+
+* :func:`self_correlation`: the head- and branch-averaged cosine self-correlation of q, k, v.
+* :func:`denoise`: subtract the CLS row from every patch row, clamp at 0.
+* :func:`dbscan_labels`: scikit-learn's DBSCAN on a precomputed Euclidean distance matrix of the rows.
+* :func:`cluster_masks`: mean row per cluster -> map, bilinear xratio, median filter, bilinear to the output, argmax.
+* :func:`vote`: per cluster, the most frequent label (ties -> smallest) written to all its pixels.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def self_correlation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-head q, k, v (B, heads, T, d) -> W_sc (B, T, T) = mean over heads and over the three branches of the
+    cosine similarity matrices cos(Z_j, Z_j) (torch.cosine_similarity semantics: each vector divided by
+    max(norm, eps)). One matmul: the unit vectors of every (branch, head) are concatenated along the features."""
+    B, H, T, d = q.shape
+    z = torch.stack([q, k, v]).float()                           # (3, B, H, T, d)
+    z = z / z.norm(dim=-1, keepdim=True).clamp_min(eps)
+    z = z.permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * d)        # (B, T, 3*H*d)
+    return (z @ z.transpose(1, 2)) / (3 * H)
+
+
+def denoise(wsc: torch.Tensor) -> torch.Tensor:
+    """W_sc (T, T) with the CLS token at index 0 -> patch correlations (N, N): G = max(W[1:, 1:] - W[0, 1:], 0)."""
+    return (wsc[1:, 1:] - wsc[0:1, 1:]).clamp_min(0)
+
+
+def pairwise_distances(rows: torch.Tensor) -> np.ndarray:
+    """Euclidean distances (N, N) between the rows, float64 (the precision scikit-learn's trees work in)."""
+    x = rows.detach().to("cpu", torch.float64)
+    sq = (x * x).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min_(0)
+    d2.fill_diagonal_(0)
+    return d2.sqrt_().numpy()
+
+
+def dbscan_labels(rows: torch.Tensor, eps: float, min_samples: int) -> np.ndarray:
+    """DBSCAN (Euclidean, scikit-learn semantics: neighbours at distance <= eps, the point itself counted in
+    min_samples) of the rows of `rows` (N, D) -> labels (N,) int64, -1 = noise, clusters 0..K-1 in the order
+    scikit-learn finds them."""
+    from sklearn.cluster import DBSCAN
+    if rows.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    d = pairwise_distances(rows)
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(d).astype(np.int64)
+
+
+def cluster_means(rows: torch.Tensor, labels: torch.Tensor, n_clusters: int) -> torch.Tensor:
+    """Mean row of every cluster (K, D); noise (label -1) belongs to none."""
+    keep = labels >= 0
+    onehot = F.one_hot(labels[keep], n_clusters).to(rows.dtype)   # (n, K)
+    sums = onehot.T @ rows[keep]
+    return sums / onehot.sum(0)[:, None]
+
+
+def median_filter_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """scipy.ndimage.median_filter (mode 'reflect') of size x size on every map of (K, H, W), in one call."""
+    from scipy.ndimage import median_filter
+    out = median_filter(maps.detach().float().cpu().numpy(), size=(1, size, size), mode="reflect")
+    return torch.from_numpy(out).to(maps.device)
+
+
+def cluster_masks(rows: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int], out_size: tuple[int, int],
+                  ratio: int = 4, median: int = 7) -> Optional[torch.Tensor]:
+    """Cluster id of every output pixel (H, W) int64, or None when DBSCAN found no cluster.
+
+    Each cluster's mean row (an h*w correlation map) is up-sampled bilinearly x`ratio`, median-filtered
+    (`median` = 2*ratio-1 in the official code), up-sampled bilinearly to `out_size`; every pixel takes the
+    cluster of the largest map (first on ties)."""
+    n = int(labels.max()) + 1 if labels.numel() else 0
+    if n <= 0:
+        return None
+    h, w = grid
+    maps = cluster_means(rows.float(), labels, n).reshape(1, n, h, w)
+    maps = F.interpolate(maps, size=(ratio * h, ratio * w), mode="bilinear", align_corners=False)[0]
+    maps = median_filter_maps(maps, median)
+    maps = F.interpolate(maps[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
+    return maps.argmax(0)
+
+
+def vote_counts(pred: torch.Tensor, clusters: torch.Tensor, n_labels: int, n_clusters: int) -> torch.Tensor:
+    """counts[c, l] = number of pixels of cluster c whose label in `pred` is l: (n_clusters, n_labels)."""
+    idx = clusters.flatten() * n_labels + pred.flatten()
+    return torch.bincount(idx, minlength=n_clusters * n_labels).view(n_clusters, n_labels)
+
+
+def vote(pred: torch.Tensor, clusters: torch.Tensor, n_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask classification by voting: every pixel of cluster c gets the most frequent label of `pred` in c (ties
+    -> the smallest label). Returns (voted labels (H, W), vote shares (n_clusters, n_labels))."""
+    n_clusters = int(clusters.max()) + 1
+    counts = vote_counts(pred, clusters, n_labels, n_clusters)
+    winner = counts.argmax(1)                      # first maximum = smallest label on ties
+    shares = counts.double() / counts.sum(1, keepdim=True).clamp_min(1)
+    return winner[clusters], shares
