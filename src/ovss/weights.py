@@ -59,6 +59,8 @@ SPECS: dict[str, WeightSpec] = {s.key: s for s in [
                url=f"{_FB}/mae/pretrain/mae_pretrain_vit_base.pth", size_mb=327),
     WeightSpec("sam:vit_b", "Segment Anything ViT-B", "sam_weights", "sam_vit_b_01ec64.pth",
                url=f"{_FB}/segment_anything/sam_vit_b_01ec64.pth", size_mb=358, aliases=("sam_vitb",)),
+    WeightSpec("sam:vit_l", "Segment Anything ViT-L", "sam_weights", "sam_vit_l_0b3195.pth",
+               url=f"{_FB}/segment_anything/sam_vit_l_0b3195.pth", size_mb=1250),
     WeightSpec("sam:vit_h", "Segment Anything ViT-H", "sam_weights", "sam_vit_h_4b8939.pth",
                url=f"{_FB}/segment_anything/sam_vit_h_4b8939.pth", size_mb=2450),
     WeightSpec("sd21_base", "Stable Diffusion 2.1-base (diffusers folder)", "sd_weights",
@@ -76,6 +78,13 @@ def spec(key: str) -> WeightSpec:
     if key not in SPECS:
         raise WeightsError(f"unknown model {key!r}; known: {', '.join(SPECS)}")
     return SPECS[key]
+
+
+def offline() -> bool:
+    """True when downloads are switched off (``OVSS_OFFLINE`` or ``HF_HUB_OFFLINE`` set to 1/true/yes): missing
+    weights then fail at once with the fix in the message, instead of waiting for network time-outs."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("OVSS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def cache_dir() -> str:
@@ -107,14 +116,95 @@ def local_path(key: str) -> Optional[str]:
     return None
 
 
+def source(s: WeightSpec) -> str:
+    """Where `s` is downloaded from: ``hf://owner/repo[/file]`` on the Hugging Face hub, or the official URL."""
+    if s.url:
+        return s.url
+    return f"hf://{s.hf_repo}" + (f"/{s.hf_files[0]}" if s.hf_files else "")
+
+
+def download_target(s: WeightSpec) -> str:
+    """Where a download of `s` lands: a file under :func:`cache_dir` (URL) or the Hugging Face hub cache."""
+    if s.url:
+        return _url_target(s)
+    from huggingface_hub import constants
+    return os.path.join(constants.HF_HUB_CACHE, "models--" + s.hf_repo.replace("/", "--"))
+
+
 def missing_message(s: WeightSpec, reason: str = "") -> str:
+    """What to tell a user whose weights are missing: the exact `ovss weights download` command first."""
     where = f"https://huggingface.co/{s.hf_repo}" if s.hf_repo else s.url
     why = f" ({reason})" if reason else ""
+    flag = "--" + s.arg.replace("_", "-")
+    what = (f"{s.hf_files[0]} (or the official {s.filename})" if s.hf_files else s.filename)
     return (f"weights for {s.description} [{s.key}] are not on this machine and could not be downloaded{why}.\n"
-            f"  expected file: {s.filename}  from {where}\n"
-            f"  fix: run `ovss weights download {s.key}` on a machine with internet access (the file lands in the "
-            f"cache), or pass {s.arg}=/path/to/{s.filename.rstrip('/')}; "
-            f"{s.arg}='random' gives random weights for testing")
+            f"  fix: run `ovss weights download {s.key}` where there is internet access (it lands in "
+            f"{download_target(s)}; copy that to this machine if needed),\n"
+            f"       or fetch {what} from {where} yourself and pass {s.arg}=/path/to/{s.filename.rstrip('/')} "
+            f"(command line: {flag} PATH); {s.arg}='random' gives random weights for testing")
+
+
+@dataclass(frozen=True)
+class WeightStatus:
+    """What this machine holds of one model (never touches the network)."""
+    spec: WeightSpec
+    path: Optional[str]        # the cached file/folder, or None
+    size: int                  # bytes on disk of `path` (0 when missing)
+    partial: int = 0           # bytes of an interrupted URL download (resumed by the next download)
+
+    @property
+    def state(self) -> str:
+        return "cached" if self.path else ("partial" if self.partial else "missing")
+
+
+def disk_size(path: str) -> int:
+    """Bytes of a file, or of every file under a folder (links followed: the hub cache links to blobs)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:   # a dangling link
+                pass
+    return total
+
+
+def status(key: str) -> WeightStatus:
+    s = spec(key)
+    path = local_path(s.key)
+    part = _url_target(s) + ".part" if s.url else ""
+    partial = os.path.getsize(part) if part and os.path.exists(part) else 0
+    return WeightStatus(s, path, disk_size(path) if path else 0, partial)
+
+
+def list_status() -> list[WeightStatus]:
+    """The status of every model in :data:`SPECS`, in registry order."""
+    return [status(k) for k in SPECS]
+
+
+def keys_for_method(method: str, clip: str = "ViT-B/16", sam: str = "vit_b") -> list[str]:
+    """The registry keys a method loads with its default settings (and the proxy models of its presets)."""
+    from .methods import get_method
+    cls = get_method(method)
+    keys: list[str] = []
+    if "clip" in cls.needs:
+        from .backbones.clip import ALIASES as CLIP_ALIASES
+        name = CLIP_ALIASES.get(clip, clip)
+        if f"clip:{name}" not in SPECS:
+            raise WeightsError(f"unknown CLIP model {clip!r}; known: "
+                               f"{', '.join(k[5:] for k in SPECS if k.startswith('clip:'))}")
+        keys.append(f"clip:{name}")
+    if "vfm" in cls.needs:
+        names = [getattr(cls.resolve_params(None, {}), "vfm", None)]
+        names += [p.get("vfm") for p in cls.PRESETS.values()]
+        keys += [_ALIASES.get(n, n) for n in dict.fromkeys(n for n in names if n)]
+    if "sam" in cls.needs:
+        keys.append(f"sam:{sam}")
+    if "sd" in cls.needs:
+        keys.append("sd21_base")
+    return list(dict.fromkeys(keys))
 
 
 def download(key: str, progress: bool = True) -> str:
@@ -123,6 +213,16 @@ def download(key: str, progress: bool = True) -> str:
     hit = local_path(s.key)
     if hit:
         return hit
+    if offline():
+        raise MissingWeightsError(missing_message(s, "offline mode: OVSS_OFFLINE or HF_HUB_OFFLINE is set"))
+    if s.url:
+        host = s.url
+    else:
+        from huggingface_hub import constants
+        host = constants.ENDPOINT
+    no_net = _unreachable(host)
+    if no_net:   # fail now rather than after the hub client's retries (about 25 s per file)
+        raise MissingWeightsError(missing_message(s, no_net))
     try:
         if s.url:
             return _download_url(s.url, _url_target(s), progress)
@@ -131,16 +231,37 @@ def download(key: str, progress: bool = True) -> str:
             return snapshot_download(s.hf_repo)
         from huggingface_hub import hf_hub_download
         last: Exception | None = None
+        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
         for f in s.hf_files:
             try:
                 return hf_hub_download(s.hf_repo, f)
-            except Exception as e:  # try the next candidate file name
+            except LocalEntryNotFoundError:   # no connection: the next candidate would fail the same way
+                raise
+            except EntryNotFoundError as e:   # not in this repo: try the next candidate file name
                 last = e
         raise last  # type: ignore[misc]
     except MissingWeightsError:
         raise
     except Exception as e:
         raise MissingWeightsError(missing_message(s, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")) from None
+
+
+def _unreachable(url: str) -> Optional[str]:
+    """A reason when the host of `url` cannot even be resolved (no network), else None. Skipped behind a proxy,
+    where the proxy resolves names."""
+    import socket
+    from urllib.parse import urlparse
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return None
+    host = urlparse(url).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        return f"no network: cannot resolve {host}: {e.strerror or e}"
+    return None
 
 
 def _download_url(url: str, target: str, progress: bool) -> str:
