@@ -117,6 +117,13 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def crop_label_map(gt: np.ndarray, size: int) -> np.ndarray:
+    """PIL `Resize(size, nearest)` + `CenterCrop(size)` of an integer label map (any values, dtype kept)."""
+    gt = np.asarray(gt)
+    img = Image.fromarray(gt.astype(np.int32))          # mode "I": 16-bit labels and -1 survive
+    return np.asarray(center_crop(resize_short_side(img, size, Image.NEAREST), size)).astype(gt.dtype)
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """ToTensor + Normalize(CLIP mean/std): uint8 (H, W, 3) -> (1, 3, H, W) float32."""
     x = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).permute(2, 0, 1).float().div(255)
@@ -183,13 +190,7 @@ class CLIPtrase(Method):
     def target_transform(self, gt: np.ndarray) -> np.ndarray:
         """The ground truth as the official evaluation sees it: PIL Resize(S, nearest) + CenterCrop(S) under a
         preset; unchanged with center_crop=False (outputs are then at the original size)."""
-        if not self.params.center_crop:
-            return gt
-        gt = np.asarray(gt)
-        S = self.params.image_size
-        img = Image.fromarray(gt.astype(np.int32))          # mode "I"
-        img = center_crop(resize_short_side(img, S, Image.NEAREST), S)
-        return np.asarray(img).astype(gt.dtype)
+        return crop_label_map(gt, self.params.image_size) if self.params.center_crop else gt
 
     # ------------------------------------------------------------------ network
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
