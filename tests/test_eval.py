@@ -221,7 +221,7 @@ def test_cli_single_and_table(voc, tmp_path, capsys, monkeypatch):
     table = (tmp_path / "tab/table.md").read_text()
     assert table.splitlines()[2] == "| method | VOC21 | Context60 | avg |"       # survey column order
     r1 = json.loads((tmp_path / "tab/fakeA/voc21/result.json").read_text())
-    assert f"| fakeA | {r1['summary']['mIoU']:.1f} |" in table
+    assert f"| fakeA | {r1['summary']['mIoU']:.2f} |" in table
     assert (tmp_path / "tab/table.csv").read_text().startswith("method,voc21,context60\n")
     # resume of a finished table recomputes nothing and gives the same table
     rc = main(["eval", "--methods", "fakeA,fakeB", "--datasets", "context60,voc21", "--data-root", str(voc),

@@ -163,7 +163,7 @@ def table_markdown(results: list[EvalResult], key: str = "mIoU") -> str:
         vals = [cell.get((m, c)) for c in cols]
         ok = [v for v in vals if v is not None and math.isfinite(v)]
         avg = sum(ok) / len(ok) if ok and len(ok) == len(vals) else None
-        lines.append(f"| {m} | " + " | ".join(_fmt(v, 1) for v in vals) + f" | {_fmt(avg, 1)} |")
+        lines.append(f"| {m} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(avg)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -261,7 +261,7 @@ def evaluate(cfg: EvalConfig, out_dir, *, resume: bool = False, overwrite: bool 
                     save()
                 if bar is not None:
                     bar.update(1)
-                    if n % 10 == 0:
+                    if n % 10 == 0 or n == len(mine) - 1:
                         bar.set_postfix_str(f"mIoU {compute_metrics(base.mat + cm.numpy()).summary['mIoU']:.2f} (so far)",
                                             refresh=False)
     except BaseException:
