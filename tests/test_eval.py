@@ -141,6 +141,7 @@ def test_resume_refuses_a_different_configuration(voc, tmp_path):
     assert r.num_images == 3 and not r.resumed
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_cli(voc, tmp_path):
     """A run killed with SIGKILL (no chance to clean up) resumes to the uninterrupted numbers."""
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

@@ -39,6 +39,7 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_equal_single_process(data, tmp_path):
     common = ["--method", "fake", "--dataset", "voc21", "--data-root", str(data), "--set", "offset=1"]
     _eval(common + ["--out", str(tmp_path / "single")])
