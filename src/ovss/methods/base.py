@@ -36,6 +36,7 @@ class Params:
     templates: str = "imagenet"         # prompt template set (see ovss.text.templates) or a file path
     class_format: str = "ovss"          # how class files are parsed (see ovss.text.classes)
     classes_file: Optional[str] = None  # the official class file of the preset (used when classes=None)
+    background_first: bool = False      # class 0 of that file is the background (a list of background words)
 
 
 @dataclass
@@ -93,7 +94,14 @@ class Method(torch.nn.Module):
     def default_classes(cls, params: Params) -> Any:
         """The classes used when the user gives none: the preset's official class file (a path), or a ClassList
         built in code (CLIPtrase joins its label and background files); None when there is none."""
-        return getattr(params, "classes_file", None) or None
+        path = getattr(params, "classes_file", None)
+        if not path:
+            return None
+        from ..text import parse_classes
+        classes = parse_classes(path, params.class_format)
+        if getattr(params, "background_first", False):   # line 0 holds background words: show it as "background"
+            classes = dataclasses.replace(classes, names=("background",) + classes.names[1:])
+        return classes
 
     def forward(self, image) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -30,6 +30,10 @@ BENCH_FILES = {  # benchmark -> file-name stem used by the mmseg-based repositor
 }
 
 
+# benchmarks whose class 0 is "background" (a line of background words in the mmseg-family class files)
+BACKGROUND_FIRST = ("voc21", "context60", "coco_object")
+
+
 def official_classes(folder: str, bench: str) -> str:
     """Path of an official class file shipped with ovss (resources/classnames/official/<folder>/cls_<bench>.txt)."""
     return resource_path("classnames", "official", folder, f"cls_{BENCH_FILES[bench]}.txt")
@@ -129,6 +133,7 @@ def presets_table(short: dict, slide: dict, scale: dict, thd: dict, files: Optio
         values = dict(short_side=s, slide_crop=crop, slide_stride=stride, logit_scale=scale.get(bench, scale["*"]),
                       prob_thd=thd.get(bench, 0.0), **common)
         if files:
-            values.update(class_format=files[1], classes_file=official_classes(files[0], bench))
+            values.update(class_format=files[1], classes_file=official_classes(files[0], bench),
+                          background_first=bench in BACKGROUND_FIRST)
         out[bench] = values
     return out
