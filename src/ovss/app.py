@@ -422,7 +422,9 @@ def method_summary(method: str) -> str:
 # ---------------------------------------------------------------------------------------------- the page
 CSS = """
 #ovss-status p { margin: 0.2em 0; }
-#ovss-status.error, #ovss-status .error { color: #b00020; }
+#ovss-status.error { border-left: 4px solid #b00020; padding-left: 0.6em; }
+#ovss-status.error, #ovss-status.error * { color: #b00020 !important; }
+#ovss-status.ok { border-left: 4px solid #2e7d32; padding-left: 0.6em; }
 """
 
 
@@ -447,18 +449,21 @@ def _theme(gr):
         return None
 
 
-def _image_component(gr):
-    class ImageUpload(gr.Image):
-        """gr.Image that hands the uploaded file over undecoded even when Pillow cannot open it, so that ovss
-        reports an unreadable upload in the page instead of Gradio failing the request."""
-        is_template = True   # drawn by the browser as a plain gr.Image
+def _image_input(gr, **kw):
+    """A gr.Image that hands the uploaded file over undecoded even when Pillow cannot open it, so that ovss reports
+    an unreadable upload in the page instead of Gradio failing the request. (An instance attribute, not a
+    subclass: Gradio writes a .pyi stub next to the module of every component subclass.)"""
+    image = gr.Image(**kw)
+    plain = image.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Exception:  # noqa: BLE001 - Backend.check_image explains the problem
-                return getattr(payload, "path", None)
-    return ImageUpload
+    def preprocess(payload):
+        try:
+            return plain(payload)
+        except Exception:  # noqa: BLE001 - Backend.check_image explains the problem
+            return getattr(payload, "path", None)
+
+    image.preprocess = preprocess
+    return image
 
 
 def build_app(config: AppConfig, backend: Optional[Backend] = None):
@@ -481,9 +486,8 @@ def build_app(config: AppConfig, backend: Optional[Backend] = None):
                     "(`horse; grass, lawn; sky`).")
         with gr.Row():
             with gr.Column(scale=1):
-                image = _image_component(gr)(**_kw(gr.Image.__init__, label="Image", type="filepath",
-                                                   image_mode=None, sources=["upload", "clipboard"],
-                                                   elem_id="ovss-image", height=320))
+                image = _image_input(gr, **_kw(gr.Image.__init__, label="Image", type="filepath", image_mode=None,
+                                               sources=["upload", "clipboard"], elem_id="ovss-image", height=320))
                 classes = gr.Textbox(label="Classes", lines=3, elem_id="ovss-classes",
                                      placeholder="horse, grass, sky   (or one class per line: horse / grass, lawn / sky)")
                 with gr.Row():
