@@ -29,7 +29,8 @@ def mmseg_resize(rgb: np.ndarray, short_side: int | None, long_cap: int = 2048) 
 
 def mmseg_normalize(rgb: np.ndarray, device=None, dtype=torch.float32) -> torch.Tensor:
     """uint8 RGB (H, W, 3) -> (1, 3, H, W) float, (x - mean) / std with mmseg's CLIP statistics."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device=device).permute(2, 0, 1).float()
+    # torch.tensor copies: a read-only array (PIL-decoded images are) gives no "not writable" warning
+    x = torch.tensor(np.asarray(rgb), device=device).permute(2, 0, 1).float()
     mean = torch.tensor(MMSEG_MEAN, device=x.device).view(3, 1, 1)
     std = torch.tensor(MMSEG_STD, device=x.device).view(3, 1, 1)
     return ((x - mean) / std).unsqueeze(0).to(dtype)
