@@ -261,7 +261,13 @@ def load_clip(name: str = "ViT-B/16", weights: Optional[str] = None, device: Opt
     if src == W.RANDOM:
         _random_init_(model, seed)
     else:
-        sd = _read_state_dict(src)
+        try:
+            sd = _read_state_dict(src)
+        except WeightsError:
+            raise
+        except Exception as e:  # a corrupt / truncated / non-checkpoint file: a user error, not a traceback
+            msg = (str(e).splitlines() or [""])[0][:200]
+            raise WeightsError(f"{src}: cannot read it as {name} CLIP weights ({type(e).__name__}: {msg})") from None
         for k in ("input_resolution", "context_length", "vocab_size"):
             sd.pop(k, None)
         try:
