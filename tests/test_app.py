@@ -216,3 +216,10 @@ def test_cli_app_help():
     assert r.returncode == 0
     for opt in ("--host", "--port", "--share", "--clip-weights", "--max-pixels", "--methods"):
         assert opt in r.stdout
+
+
+def test_without_gradio_the_command_says_how_to_install_it(monkeypatch):
+    from ovss.errors import OvssError
+    monkeypatch.setitem(sys.modules, "gradio", None)      # `import gradio` raises ImportError
+    with pytest.raises(OvssError, match=r"pip install 'ovss\[app\]'"):
+        A.build_app(A.AppConfig(clip="tiny-test", clip_weights="random"))

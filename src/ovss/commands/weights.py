@@ -115,7 +115,7 @@ def run_path(args) -> int:
     s = W.spec(args.model)
     path = W.local_path(s.key)
     if not path:
-        print(f"ovss weights: {s.key} ({s.description}) is not on this machine; expected at "
+        print(f"ovss weights: {s.description} [{s.key}] is not on this machine; expected at "
               f"{W.download_target(s)}\n  fix: run `ovss weights download {s.key}`", file=sys.stderr)
         return 1
     print(path)
