@@ -120,9 +120,24 @@ def test_consume_streams_in_execution_order(sd, image):
     torch.testing.assert_close(seen[0][1], full[1], rtol=0, atol=0)
 
 
+def test_consumer_may_modify_maps_in_place(sd, image):
+    """The UNet continues from the layer output computed before the hand-over: zeroing the first layer's
+    maps in the consumer must not change the maps of the layer after it."""
+    seen = {}
+
+    def wipe(i, p):
+        seen[i] = p.clone()
+        p.zero_()
+    sd.self_attention(image, seed=5, consume=wipe)
+    full = sd.self_attention(image, seed=5)
+    torch.testing.assert_close(seen[0], full[0], rtol=0, atol=0)
+
+
 def test_unknown_layer_rejected(sd, image):
     with pytest.raises(ValueError, match="no attention module"):
         sd.self_attention(image, seed=0, layers=("up_blocks.9.attn1",))
+    with pytest.raises(ValueError, match="twice"):
+        sd.self_attention(image, seed=0, layers=D.CLIPER_LAYERS[:1] * 2)
 
 
 def test_bad_weights_paths(tmp_path):

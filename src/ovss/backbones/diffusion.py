@@ -133,26 +133,21 @@ class SD:
 
         Without `consume`: returns the maps in the order of `layers`. With `consume`: calls
         ``consume(i, maps_of_layers[i])`` as each layer runs (UNet execution order) and keeps nothing, so
-        a caller can reduce each layer's maps immediately (a few hundred MB each at full size)."""
+        a caller can reduce each layer's maps immediately (a few hundred MB each at full size); the maps
+        handed over are the caller's to modify in place."""
         modules = dict(self.unet.named_modules())
         missing = [n for n in layers if n not in modules]
         if missing:
             raise ValueError(f"UNet has no attention module {missing}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"a layer is requested twice: {list(layers)}")
         out: dict[int, torch.Tensor] = {}
-        remaining = set(range(len(layers)))
-
-        def record(i: int, probs: torch.Tensor) -> bool:
-            if consume is None:
-                out[i] = probs
-            else:
-                consume(i, probs)
-            remaining.discard(i)
-            return not remaining
+        recorder = _Recorder(set(range(len(layers))), out.__setitem__ if consume is None else consume)
 
         saved = {n: modules[n].processor for n in layers}
         try:
             for i, n in enumerate(layers):
-                modules[n].set_processor(_RecordingProcessor(i, record))
+                modules[n].set_processor(_RecordingProcessor(i, recorder))
             z0 = self.latents(image01)
             t = self.timestep(time_step, num_steps)
             zt = self.noisy_latents(z0, t, seed)
@@ -164,43 +159,53 @@ class SD:
         finally:
             for n, p in saved.items():
                 modules[n].set_processor(p)
-        if remaining:
-            raise RuntimeError(f"UNet pass did not reach layers {[layers[i] for i in sorted(remaining)]}")
+        if recorder.remaining:
+            raise RuntimeError(f"UNet pass did not reach layers {[layers[i] for i in sorted(recorder.remaining)]}")
         return None if consume is not None else [out[i] for i in range(len(layers))]
+
+
+@dataclass
+class _Recorder:
+    """Which requested layers are still to come, and where their maps go."""
+    remaining: set
+    sink: Callable[[int, torch.Tensor], None]
 
 
 class _RecordingProcessor:
     """Attention processor that computes the probabilities explicitly (baddbmm + softmax, as diffusers'
-    classic ``AttnProcessor``), hands them to `record` in fp32, and raises :class:`_StopUNet` once every
-    requested layer is recorded (the output of the last one is never needed)."""
+    classic ``AttnProcessor``) and hands them to the recorder in fp32. The layer's output is computed before
+    the hand-over (the receiver may modify the maps in place); after the last requested layer the pass stops
+    with :class:`_StopUNet` (its output is never needed)."""
 
-    def __init__(self, index: int, record: Callable[[int, torch.Tensor], bool]):
+    def __init__(self, index: int, recorder: _Recorder):
         self.index = index
-        self.record = record
+        self.recorder = recorder
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
         if encoder_hidden_states is not None or attention_mask is not None or attn.spatial_norm is not None \
-                or attn.group_norm is not None or hidden_states.ndim != 3:
-            raise NotImplementedError("recording is implemented for plain self-attention (attn1) layers")
-        residual = hidden_states
+                or attn.group_norm is not None or hidden_states.ndim != 3 or hidden_states.shape[0] != 1:
+            raise NotImplementedError("recording is implemented for plain self-attention (attn1) layers, batch 1")
         q = attn.head_to_batch_dim(attn.to_q(hidden_states))
         k = attn.head_to_batch_dim(attn.to_k(hidden_states))
         scores = torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype, device=q.device),
                                q, k.transpose(-1, -2), beta=0, alpha=attn.scale)
         probs = scores.float().softmax(dim=-1)
         del scores
-        b = hidden_states.shape[0]
-        if b != 1:
-            raise NotImplementedError("recording expects batch size 1")
-        if self.record(self.index, probs):
+        final = self.recorder.remaining == {self.index}
+        h = None
+        if not final:
+            v = attn.head_to_batch_dim(attn.to_v(hidden_states))
+            h = attn.batch_to_head_dim(torch.bmm(probs.to(v.dtype), v))
+            h = attn.to_out[1](attn.to_out[0](h))
+            if attn.residual_connection:
+                h = h + hidden_states
+            h = h / attn.rescale_output_factor
+        self.recorder.remaining.discard(self.index)
+        self.recorder.sink(self.index, probs)
+        if final:
             raise _StopUNet
-        v = attn.head_to_batch_dim(attn.to_v(hidden_states))
-        h = attn.batch_to_head_dim(torch.bmm(probs.to(v.dtype), v))
-        h = attn.to_out[1](attn.to_out[0](h))
-        if attn.residual_connection:
-            h = h + residual
-        return h / attn.rescale_output_factor
+        return h
 
 
 # ------------------------------------------------------------------------------------------------
