@@ -35,7 +35,9 @@ def _read(path: str) -> tuple[str, ...]:
 
 def load_templates(spec: Union[str, Sequence[str]] = "imagenet") -> tuple[str, ...]:
     """`spec`: a name (imagenet, cliper_car, imagenet_subset7, none), a file with one template per line, or a
-    list of templates. 'none' means the bare class name."""
+    list of templates. 'none' (or None: what `--set templates=none` parses to) means the bare class name."""
+    if spec is None:
+        return ("{}",)
     if not isinstance(spec, str):
         out = tuple(spec)
         if not out or any("{}" not in t for t in out):
