@@ -141,7 +141,7 @@ def test_classlist_is_accepted_by_parse_lines():
 def test_templates():
     t = load_templates("imagenet")
     assert len(t) == 80 and all("{}" in x for x in t)
-    assert load_templates("none") == ("{}",)
+    assert load_templates("none") == load_templates(None) == ("{}",)   # None: what `--set templates=none` gives
     assert load_templates(["a photo of a {}."]) == ("a photo of a {}.",)
     with pytest.raises(InputError):
         load_templates(["no placeholder"])
