@@ -195,3 +195,17 @@ def test_vitb16_random_weights_identical_across_loads(vitb16):
     b = load_clip("ViT-B/16", "random")
     sa, sb = vitb16.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("method", CLIP_ONLY)
+def test_half_precision_path_runs_and_stays_close(method, smooth_rgb):
+    """The GPU dtype path (fp16 weights, LayerNorms in fp32) exercised on the CPU: same shapes, float32 logits close to
+    the fp32 run."""
+    kw = dict(method=method, classes=CLASSES, clip="tiny-test", clip_weights="random", device="cpu", templates="none",
+              short_side=None, slide_crop=32, slide_stride=16)
+    half = ovss.Segmenter(dtype="fp16", **kw)
+    assert half.method.clip.dtype == torch.float16 and half.method.text.dtype == torch.float16
+    a = half.predict_logits(smooth_rgb)
+    b = ovss.Segmenter(**kw).predict_logits(smooth_rgb)
+    assert a.dtype == torch.float32 and a.shape == b.shape and torch.isfinite(a).all()
+    assert (a - b).abs().max().item() < 0.1
