@@ -97,3 +97,13 @@ def test_full_size_random_vit_b():
     st = s.set_image(_image(224, 336))
     assert st.attn.shape == (12, 42 * 64, 42 * 64) and st.v.shape == (12, 42, 64, 64)
     assert torch.isfinite(st.features).all()
+
+
+def test_fused_attention_blocks_equal_library(tiny):
+    enc = tiny.model.image_encoder
+    torch.manual_seed(3)
+    x = torch.randn(1, 64, 64, 32)
+    for blk in enc.blocks:                       # block 0 windowed (14, padded), block 1 global
+        torch.testing.assert_close(S.fused_block(blk, x), blk(x), atol=2e-5, rtol=1e-5)
+    img = torch.randn(1, 3, 1024, 1024)
+    torch.testing.assert_close(S.encode(enc, img), enc(img), atol=5e-5, rtol=1e-5)

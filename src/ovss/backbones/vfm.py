@@ -250,7 +250,8 @@ def load_vfm(name: str, weights: Optional[str] = None, device="cpu", dtype: torc
         weights = W.resolve(name, weights)
     elif weights not in (None, "random"):
         weights = os.fspath(weights)
-    model = VFM(name, cfg, input_size=input_size)
+    with torch.random.fork_rng():       # timm's init draws from the global RNG; keep the user's intact
+        model = VFM(name, cfg, input_size=input_size)
     if weights in (None, "random"):
         sd = random_state_dict(model, seed=seed, depth=cfg.depth)
     else:

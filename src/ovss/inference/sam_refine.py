@@ -75,7 +75,7 @@ def mask_prompt(prob_down: torch.Tensor, image_hw: tuple[int, int], coarse_thres
 
 @torch.no_grad()
 def sam_refine(sam, state, pred: torch.Tensor, probs: torch.Tensor, coarse_thresh: float, minimal_area: int,
-               coeff: float, iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+               coeff: float, iou_thresh: float, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine coarse labels `pred` (H, W) with class probabilities `probs` (C, H, W) at the original size, using
     SAM's embedding `state` of the whole image. Returns (labels (H, W), refined scores (C, H, W), zero where
     no kept mask covers the pixel)."""
@@ -116,14 +116,16 @@ def sam_refine(sam, state, pred: torch.Tensor, probs: torch.Tensor, coarse_thres
     keep = iou[:, 0] > iou_thresh
     if not bool(keep.any()):
         return pred, scores
-    logits = sam.postprocess_masks(low[keep], state)[:, 0]            # (R', H', W')
-    if tuple(logits.shape[-2:]) != (H, W):
-        logits = F.interpolate(logits[None], (H, W), mode="bilinear", align_corners=False)[0]
-    owner = torch.cat(owner)[keep]
-    idx = owner.view(-1, 1, 1).expand_as(logits)
-    best_sig = torch.zeros(C, H, W, device=dev).scatter_reduce(0, idx, logits.sigmoid(), "amax", include_self=False)
-    union = torch.zeros(C, H, W, device=dev).scatter_reduce(0, idx, (logits > 0).float(), "amax",
-                                                            include_self=False)
+    low, owner = low[keep], torch.cat(owner)[keep]
+    best_sig = torch.zeros(C, H, W, device=dev)        # max over a class's kept regions of sigmoid(logit)
+    union = torch.zeros(C, H, W, device=dev)           # 1 where one of its kept masks covers the pixel
+    for s in range(0, low.shape[0], chunk):            # chunks bound the full-size masks held at once
+        logits = sam.postprocess_masks(low[s:s + chunk], state)[:, 0]            # (r, H', W')
+        if tuple(logits.shape[-2:]) != (H, W):
+            logits = F.interpolate(logits[None], (H, W), mode="bilinear", align_corners=False)[0]
+        idx = owner[s:s + chunk].view(-1, 1, 1).expand_as(logits)
+        best_sig.scatter_reduce_(0, idx, logits.sigmoid(), "amax")
+        union.scatter_reduce_(0, idx, (logits > 0).float(), "amax")
     scores = best_sig * probs.float() * union
     covered = scores.sum(0) > 0
     labels = torch.where(covered, scores.argmax(0), pred)
