@@ -8,9 +8,13 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 
 def window_boxes(H: int, W: int, crop: int, stride: int) -> torch.Tensor:
     """(n, 4) long tensor of (y1, x1, y2, x2): mmseg's grid, last row/column pulled back inside the image."""
+    if crop < 1 or stride < 1:
+        raise InputError(f"sliding window: slide_crop={crop} and slide_stride={stride} must be positive")
     n_rows = max(H - crop + stride - 1, 0) // stride + 1
     n_cols = max(W - crop + stride - 1, 0) // stride + 1
     y1 = torch.arange(n_rows) * stride
@@ -68,6 +72,8 @@ def slide_inference(img: torch.Tensor, crop: int, stride: int,
     window is zero-padded (centred) to the next multiple first and its logits cropped back (ClearCLIP: the patch
     size; ProxyCLIP: 56)."""
     _, C, H, W = img.shape
+    if stride > crop:
+        raise InputError(f"slide_stride={stride} is larger than slide_crop={crop}: the windows would leave gaps")
     boxes = window_boxes(H, W, crop, stride)
     windows = gather_windows(img[0], boxes)
     h, w = windows.shape[-2:]
