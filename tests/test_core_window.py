@@ -225,3 +225,14 @@ def test_pe_a_resampling_uses_scale_factors(tiny_clip):
     b = tiny_clip.pos_embed(10, 13, mode="B")
     ref_b = F.interpolate(grid, size=(10, 13), mode="bilinear", align_corners=False)
     torch.testing.assert_close(b[1:], ref_b.permute(0, 2, 3, 1).reshape(130, -1).half().float(), rtol=0, atol=0)
+
+
+def test_bad_window_settings_are_input_errors(smooth_rgb):
+    from ovss.errors import InputError
+    with pytest.raises(InputError, match="must be positive"):
+        window_boxes(100, 100, 224, 0)
+    with pytest.raises(InputError, match="larger than slide_crop"):
+        slide_inference(torch.zeros(1, 3, 1000, 50), 224, 300, lambda w: w)
+    seg = _seg("sclip", slide_crop=32, slide_stride=64, short_side=None)
+    with pytest.raises(InputError, match="slide_stride=64"):
+        seg.predict(smooth_rgb)
