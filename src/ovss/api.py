@@ -84,6 +84,8 @@ class Segmenter:
                                       else parse_classes(classes, self.params.class_format))
         models = self._load_models(cls, clip, clip_weights, vfm, vfm_weights, sam, sam_weights, sd_weights)
         self.method = cls(self.params, models, self.class_list)
+        # a method may complete the list (CLIPer puts a "background" class 0 in front of a list without one)
+        self.class_list = getattr(self.method, "class_list", None) or self.class_list
 
     # ------------------------------------------------------------------ models
     def _load_models(self, cls, clip, clip_weights, vfm, vfm_weights, sam, sam_weights, sd_weights) -> Models:
