@@ -87,6 +87,11 @@ class Method(torch.nn.Module):
         if unknown:
             raise InputError(f"method {cls.name!r} has no parameter {', '.join(map(repr, unknown))}; "
                              f"its parameters: {', '.join(sorted(known))}")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls.Params)}
+        for k, v in overrides.items():   # a string where a number / flag / tuple is expected (e.g. --set slide_crop=abc)
+            typ = types[k]
+            if isinstance(v, str) and "str" not in typ and any(t in typ for t in ("int", "float", "bool", "tuple")):
+                raise InputError(f"{k}={v!r}: expected a value of type {typ}")
         values.update(overrides)
         return cls.Params(**values)
 
