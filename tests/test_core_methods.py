@@ -209,3 +209,15 @@ def test_half_precision_path_runs_and_stays_close(method, smooth_rgb):
     b = ovss.Segmenter(**kw).predict_logits(smooth_rgb)
     assert a.dtype == torch.float32 and a.shape == b.shape and torch.isfinite(a).all()
     assert (a - b).abs().max().item() < 0.1
+
+
+def test_override_of_the_wrong_type_is_an_input_error():
+    cls = get_method("sclip")
+    with pytest.raises(InputError, match="slide_crop='abc': expected a value of type int"):
+        cls.resolve_params(None, {"slide_crop": "abc"})
+    with pytest.raises(InputError, match="area_thd='x'"):
+        cls.resolve_params(None, {"area_thd": "x"})
+    with pytest.raises(InputError, match="pamr_dilations"):
+        cls.resolve_params(None, {"pamr_dilations": "8"})
+    p = cls.resolve_params("voc21", {"templates": "none", "area_thd": None, "slide_crop": 448})
+    assert (p.templates, p.area_thd, p.slide_crop, p.logit_scale) == ("none", None, 448, 65.0)
