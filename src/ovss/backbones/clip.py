@@ -173,6 +173,9 @@ class ClipBackbone(nn.Module):
         """Normalised images (B, 3, H, W) -> tokens after `ln_pre` (B, 1+N, D), grid (h, w).
         Pixels beyond the last full patch are dropped, as in CLIP."""
         v = self.visual
+        if min(x.shape[-2:]) < self.info.patch:   # extreme aspect ratios: the 2048 cap leaves a side below one patch
+            raise InputError(f"image too thin for CLIP: {x.shape[-1]}x{x.shape[-2]} pixels at the network input, "
+                             f"each side needs at least {self.info.patch} (crop or pad the image first)")
         x = v.conv1(x.to(self.dtype))                      # (B, D, h, w)
         B, D, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)                   # (B, N, D) row-major
