@@ -221,3 +221,12 @@ def test_override_of_the_wrong_type_is_an_input_error():
         cls.resolve_params(None, {"pamr_dilations": "8"})
     p = cls.resolve_params("voc21", {"templates": "none", "area_thd": None, "slide_crop": 448})
     assert (p.templates, p.area_thd, p.slide_crop, p.logit_scale) == ("none", None, 448, 65.0)
+
+
+def test_too_thin_image_is_an_input_error():
+    seg = ovss.Segmenter(method="sclip", classes=CLASSES, clip="tiny-test", clip_weights="random", device="cpu",
+                         templates="none")
+    # 2 x 500: the 2048 cap on the long side leaves 8 x 2048 at the network input, less than one 16-pixel patch
+    with pytest.raises(InputError, match="too thin"):
+        seg.predict(np.zeros((2, 500, 3), dtype=np.uint8))
+    assert seg.predict(np.zeros((1, 1, 3), dtype=np.uint8)).shape == (1, 1)
