@@ -291,3 +291,15 @@ def test_end_to_end_voc20_weighting_and_no_cluster_fallback(tiny_clip, smooth_rg
         want = torch.stack([q[0], q[1:3].amax(0), q[3]])                 # "dog, puppy" -> max
     torch.testing.assert_close(pred.logits, want)
     assert m.scale == pytest.approx(100.0, rel=1e-5)                     # exp(logit_scale) of the loaded CLIP
+
+
+def test_channel_argmax_first_index_on_ties():
+    x = torch.tensor([[[1.0, 2.0, 5.0]], [[1.0, 3.0, 5.0]], [[0.0, 3.0, 5.0]]])
+    assert torch.equal(C.channel_argmax(x), torch.tensor([[0, 1, 0]]))
+
+
+def test_single_thread_restores_the_thread_count():
+    n = torch.get_num_threads()
+    with C.single_thread(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == n

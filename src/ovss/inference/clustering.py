@@ -8,11 +8,35 @@
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+@contextmanager
+def single_thread(device: torch.device):
+    """Run the enclosed small-tensor CPU work on one intra-op thread (restored afterwards).
+
+    Post-processing maps of a few hundred thousand values costs far less than the thread synchronisation of a
+    parallel region on a busy machine (measured on 2 shared cores: ~40 ms on one thread vs 100-600 ms on two)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """argmax over dim 0 of (K, H, W), first index on ties; `max(0).indices` is several times faster than
+    `argmax(0)` on the CPU for this layout."""
+    return x.max(0).indices
 
 
 def self_correlation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -81,7 +105,7 @@ def cluster_masks(rows: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int
     maps = F.interpolate(maps, size=(ratio * h, ratio * w), mode="bilinear", align_corners=False)[0]
     maps = median_filter_maps(maps, median)
     maps = F.interpolate(maps[None], size=tuple(out_size), mode="bilinear", align_corners=False)[0]
-    return maps.argmax(0)
+    return channel_argmax(maps)
 
 
 def vote_counts(pred: torch.Tensor, clusters: torch.Tensor, n_labels: int, n_clusters: int) -> torch.Tensor:

@@ -40,7 +40,8 @@ from ..backbones.attention import last_block
 from ..backbones.clip import CLIP_MEAN, CLIP_STD
 from ..errors import InputError
 from ..images import LoadedImage
-from ..inference.clustering import cluster_masks, dbscan_labels, denoise, self_correlation, vote
+from ..inference.clustering import (channel_argmax, cluster_masks, dbscan_labels, denoise, self_correlation,
+                                   single_thread, vote)
 from ..text import ClassList, encode_queries, load_templates
 from ..text.classes import parse_lines
 from ..text.templates import resource_path
@@ -170,7 +171,10 @@ class CLIPtrase(Method):
             raise InputError(f"cliptrase: image_size={params.image_size} is smaller than one patch")
         self.text = encode_queries(self.clip, classes.queries, load_templates(params.templates),
                                    device=models.device)                      # (Q, E) float32
-        self.q2c = torch.as_tensor(classes.query_to_class, device=models.device)
+        q2c = list(classes.query_to_class)
+        self.first_query = torch.as_tensor([q2c.index(c) for c in range(len(classes))], device=models.device)
+        self.synonyms = [(c, torch.as_tensor([i for i, k in enumerate(q2c) if k == c], device=models.device))
+                         for c in range(len(classes)) if q2c.count(c) > 1]
         scale = params.logit_scale
         self.scale = float(self.clip.model.logit_scale.float().exp()) if scale is None else float(scale)
 
@@ -215,12 +219,12 @@ class CLIPtrase(Method):
         logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)[0]
         if self.params.cls_weighting:
             logits = logits * (self.scale * (z[0] @ text.T))[:, None, None]
-        K = len(self.classes)
-        if K == logits.shape[0]:
+        if not self.synonyms:
             return logits
-        idx = self.q2c.to(logits.device).view(-1, 1, 1).expand_as(logits)
-        out = torch.full((K,) + logits.shape[1:], float("-inf"), device=logits.device)
-        return out.scatter_reduce(0, idx, logits, reduce="amax", include_self=True)
+        out = logits.index_select(0, self.first_query)
+        for c, idx in self.synonyms:
+            out[c] = logits.index_select(0, idx).amax(0)
+        return out
 
     def dbscan_eps(self, n: int) -> float:
         p = self.params
@@ -234,8 +238,14 @@ class CLIPtrase(Method):
         p = self.params
         x, size = self.preprocess(image)
         z, wsc, h, w = self.encode(x)
+        with single_thread(z.device):
+            return self.postprocess(z, wsc, h, w, size)
+
+    def postprocess(self, z: torch.Tensor, wsc: torch.Tensor, h: int, w: int, size: tuple[int, int]) -> Prediction:
+        """Steps 5-13 of spec §2.6: pre-vote labels, DBSCAN clusters, vote."""
+        p = self.params
         logits = self.class_logits(z, h, w, size)
-        pred = logits.argmax(0)
+        pred = channel_argmax(logits)
         rows = denoise(wsc.float())
         labels = torch.from_numpy(dbscan_labels(rows, self.dbscan_eps(rows.shape[0]), p.min_samples))
         extras = {"n_clusters": int(labels.max()) + 1, "n_noise": int((labels < 0).sum()), "pre_vote": pred.cpu()}
