@@ -18,7 +18,9 @@ def _isolated_ovss_cache(tmp_path_factory):
     mp.undo()
 
 
-@pytest.fixture(scope="session")
+# The CLIP fixtures live in ovss.api's model cache, which Segmenters share: built once, and rebuilt only if a test
+# clears that cache (so `Segmenter(...).method.clip is tiny_clip` holds in every test).
+@pytest.fixture
 def tiny_clip():
     """The 'tiny-test' CLIP with deterministic random weights (fp32, CPU), shared with every Segmenter."""
     import torch
@@ -29,7 +31,7 @@ def tiny_clip():
                        lambda: load_clip("tiny-test", "random", torch.device("cpu"), torch.float32))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def vitb16():
     """Full-size CLIP ViT-B/16 with deterministic random weights, built once per session (slow tests only)."""
     import torch

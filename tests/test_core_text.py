@@ -201,6 +201,7 @@ class _Counter:
 
 
 def test_memory_and_disk_cache_equal_fresh_embeddings(tiny_clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("OVSS_TEXT_CACHE", "1")      # the disk cache on, whatever other tests set
     monkeypatch.setenv("OVSS_CACHE", str(tmp_path))
     monkeypatch.setattr(enc, "_MEMORY", {})
     counter = _Counter(enc._encode_new)
@@ -229,6 +230,7 @@ def test_memory_and_disk_cache_equal_fresh_embeddings(tiny_clip, tmp_path, monke
 
 
 def test_corrupt_disk_cache_is_rebuilt(tiny_clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("OVSS_TEXT_CACHE", "1")      # the disk cache on, whatever other tests set
     monkeypatch.setenv("OVSS_CACHE", str(tmp_path))
     monkeypatch.setattr(enc, "_MEMORY", {})
     path = enc._disk_path(enc._cache_key(tiny_clip, TEMPLATES))
