@@ -288,8 +288,10 @@ def load_sd(weights: Optional[str] = None, device: Optional[torch.device | str] 
                 raise WeightsError(f"sd_weights={src!r} is not a complete diffusers Stable Diffusion folder "
                                    f"(needs unet/ vae/ text_encoder/ tokenizer/ scheduler/): "
                                    f"{str(e).splitlines()[0][:300]}") from None
-            raise W.MissingWeightsError(W.missing_message(W.spec("sd21_base"),
-                                                          f"hub id {src!r}: {str(e).splitlines()[0][:200]}")) from None
+            raise W.MissingWeightsError(
+                f"sd_weights={src!r}: could not load this Hugging Face hub repository as a diffusers Stable "
+                f"Diffusion folder ({str(e).splitlines()[0][:200]}); offline, pass a local folder "
+                f"(unet/ vae/ text_encoder/ tokenizer/ scheduler/) instead") from None
     use_mask = bool(getattr(text.config, "use_attention_mask", False))
     mods = [_to(m, device, dtype) for m in (vae, unet, text)]
     return SD(vae=mods[0], unet=mods[1], text_encoder=mods[2], tokenizer=tok, scheduler=sched, device=device,
