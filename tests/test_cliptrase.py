@@ -130,8 +130,18 @@ def test_vote_by_hand_ties_go_to_the_smallest_label():
     torch.testing.assert_close(shares, torch.tensor([[0, .5, .5, 0, 0], [.25, 0, 0, .75, 0], [.5, 0, 0, 0, .5]],
                                                     dtype=torch.float64))
     # the logits built from the shares reproduce the vote, ties included
-    logits = shares.clamp_min(1e-8).log().T[:, clusters]
-    assert torch.equal(logits.argmax(0), want)
+    table = C.vote_logits(shares, shares.argmax(1))
+    assert table.dtype == torch.float32 and torch.equal(table.T[:, clusters].argmax(0), want)
+    torch.testing.assert_close(table[1, 3], torch.tensor(math.log(0.75)))
+
+
+def test_vote_logits_survive_float32_rounding_of_huge_clusters():
+    counts = torch.tensor([[2.0 ** 25, 2.0 ** 25 + 1, 0.0]], dtype=torch.float64)   # label 1 wins by one pixel
+    shares = counts / counts.sum()
+    assert shares.log().float()[0, 0] == shares.log().float()[0, 1]                  # float32 would tie -> 0
+    table = C.vote_logits(shares, shares.argmax(1))
+    assert shares.argmax(1).item() == 1 and table.argmax(1).item() == 1
+    assert torch.isfinite(table).all() and table[0, 2] == pytest.approx(math.log(1e-8))
 
 
 # ------------------------------------------------------------------------------------------ geometry

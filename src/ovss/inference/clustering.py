@@ -120,5 +120,17 @@ def vote(pred: torch.Tensor, clusters: torch.Tensor, n_labels: int) -> tuple[tor
     n_clusters = int(clusters.max()) + 1
     counts = vote_counts(pred, clusters, n_labels, n_clusters)
     winner = counts.argmax(1)                      # first maximum = smallest label on ties
-    shares = counts.double() / counts.sum(1, keepdim=True).clamp_min(1)
+    c = counts.cpu().double()                      # float64 on the CPU (MPS has none)
+    shares = c / c.sum(1, keepdim=True).clamp_min(1)
     return winner[clusters], shares
+
+
+def vote_logits(shares: torch.Tensor, winners: torch.Tensor) -> torch.Tensor:
+    """A float32 logit table (n_clusters, n_labels) whose row argmax is the cluster's winner: log vote shares
+    (floored at 1e-8), the winner lifted one ulp above its row maximum so that float32 rounding of nearly equal
+    shares (clusters of millions of pixels) can never hand the argmax to another label."""
+    table = shares.clamp_min(1e-8).log().float()
+    rows = torch.arange(table.shape[0])
+    winners = winners.to(table.device)
+    table[rows, winners] = torch.nextafter(table.max(1).values, torch.tensor(float("inf")))
+    return table

@@ -21,8 +21,8 @@ the rows being clustered have N entries and their distances grow like sqrt(N) (t
 scale eps 0.7 -> 1.1 for N 196 -> 441, ratio 1.57 vs sqrt 1.5); for a square input this factor is 1.
 
 `predict_logits` returns log vote shares: channel c of a pixel is log(share of the pixel's cluster whose pre-vote
-label is c) (shares floored at 1e-8), so the argmax is the voted label (equal shares -> smallest label, as the
-official vote). Without any DBSCAN cluster the labels are the pre-vote argmax and the logits the pre-vote class
+label is c) (shares floored at 1e-8; the winner lifted one float32 ulp above its row maximum), so the argmax is
+the voted label (equal shares -> smallest label, as the official vote). Without any DBSCAN cluster the labels are the pre-vote argmax and the logits the pre-vote class
 logits.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..backbones.clip import CLIP_MEAN, CLIP_STD
 from ..errors import InputError
 from ..images import LoadedImage
 from ..inference.clustering import (channel_argmax, cluster_masks, dbscan_labels, denoise, self_correlation,
-                                   single_thread, vote)
+                                   single_thread, vote, vote_logits)
 from ..text import ClassList, encode_queries, load_templates
 from ..text.classes import parse_lines
 from ..text.templates import resource_path
@@ -253,9 +253,10 @@ class CLIPtrase(Method):
         if clusters is None:
             return Prediction(logits=logits.float().cpu(), labels=pred.cpu(), extras=extras)
         voted, shares = vote(pred, clusters, len(self.classes))
-        out = shares.clamp_min(1e-8).log().float().T[:, clusters]            # (K, H, W)
-        extras["clusters"] = clusters.cpu()
-        return Prediction(logits=out.cpu(), labels=voted.cpu(), extras=extras)
+        clusters = clusters.cpu()
+        table = vote_logits(shares, shares.argmax(1))                         # (n_clusters, K), CPU
+        extras["clusters"] = clusters
+        return Prediction(logits=table.T[:, clusters], labels=voted.cpu(), extras=extras)
 
 
 METHODS = {"cliptrase": CLIPtrase}
