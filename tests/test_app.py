@@ -20,9 +20,10 @@ FROG = os.path.join(A.SAMPLES_DIR, "frog.jpg")
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    os.environ.setdefault("OVSS_TEXT_CACHE", "0")
-    return A.Backend(A.AppConfig(clip="tiny-test", clip_weights="random", device="cpu", max_pixels=2_000_000),
-                     workdir=str(tmp_path_factory.mktemp("app")))
+    with pytest.MonkeyPatch.context() as mp:   # restored after this module: other tests use the disk cache
+        mp.setenv("OVSS_TEXT_CACHE", "0")
+        yield A.Backend(A.AppConfig(clip="tiny-test", clip_weights="random", device="cpu", max_pixels=2_000_000),
+                        workdir=str(tmp_path_factory.mktemp("app")))
 
 
 # ------------------------------------------------------------------ hyper-parameter table
