@@ -14,7 +14,8 @@ from ovss.backbones import attention as A
 from ovss.errors import InputError
 from ovss.images import load_image
 from ovss.inference import clustering as C
-from ovss.methods.cliptrase import CLIPtrase, center_crop, crop_label_map, resize_short_side
+from ovss.methods.cliptrase import (CLIPtrase, center_crop, crop_label_map, resize_short_side,
+                                     short_side_size)
 
 
 # ------------------------------------------------------------------------------------------ self-correlation
@@ -158,6 +159,14 @@ def test_resize_and_crop_match_torchvision(wh):
     np.testing.assert_array_equal(crop_label_map(np.asarray(gt), 224), np.asarray(ref_gt))
 
 
+def test_whole_image_size_rule_and_long_side_cap():
+    assert short_side_size(56, 40, 64) == (89, 64)                      # int(64 * 56 / 40) = 89
+    assert short_side_size(40, 56, 64) == (64, 89)
+    assert short_side_size(4000, 500, 336, long_cap=1344) == (1344, 168)  # int(1344 * 500 / 4000)
+    assert short_side_size(10000, 100, 336, long_cap=1344, min_side=16) == (1344, 16)
+    assert short_side_size(400, 300, 336, long_cap=1344) == (448, 336)    # under the cap: unchanged rule
+
+
 def test_center_crop_offsets_round_half_even():
     img = Image.fromarray(np.tile(np.arange(229, dtype=np.uint8), (224, 1)))
     # (225-224)/2 = 0.5 -> 0 ; (227-224)/2 = 1.5 -> 2 ; (229-224)/2 = 2.5 -> 2
@@ -280,6 +289,7 @@ def test_end_to_end_preset_outputs_the_crop(tiny_clip, smooth_rgb):
 def test_end_to_end_whole_image_returns_the_original_size(tiny_clip, smooth_rgb):
     seg = _tiny(None, image_size=64, eps=0.5, min_samples=2)
     assert not seg.method.params.center_crop and seg.method.params.scale_eps
+    assert seg.method.params.long_side_cap == 1344 and seg.method.params.image_size == 64
     pred = seg.run(smooth_rgb)                                              # 40 x 56 -> 64 x 89, grid 4 x 5
     assert pred.logits.shape == (3, 40, 56) and pred.labels.shape == (40, 56)
     _check_vote_invariants(pred)
@@ -313,3 +323,13 @@ def test_single_thread_restores_the_thread_count():
     with C.single_thread(torch.device("cpu")):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == n
+
+
+def test_whole_image_panorama_is_capped_and_returned_at_full_size(tiny_clip):
+    rgb = np.random.default_rng(5).integers(0, 256, (40, 400, 3), dtype=np.uint8)
+    seg = _tiny(None, image_size=64, long_side_cap=256, eps=0.5, min_samples=2)
+    x, size = seg.method.preprocess(load_image(rgb))
+    assert x.shape == (1, 3, 25, 256) and size == (40, 400)          # int(256 * 40 / 400) = 25
+    pred = seg.run(rgb)
+    assert pred.logits.shape == (3, 40, 400) and pred.labels.shape == (40, 400)
+    _check_vote_invariants(pred)

@@ -18,7 +18,10 @@ crops the ground truth the same way). With `preset=None` (`center_crop=False`) t
 side S, no crop), and the logit and cluster maps are up-sampled straight to the original image size, where the
 vote happens; DBSCAN's eps is then scaled by sqrt(N / (S/p)^2) (`scale_eps`), N the number of patches, because
 the rows being clustered have N entries and their distances grow like sqrt(N) (the official 224 -> 336 settings
-scale eps 0.7 -> 1.1 for N 196 -> 441, ratio 1.57 vs sqrt 1.5); for a square input this factor is 1.
+scale eps 0.7 -> 1.1 for N 196 -> 441, ratio 1.57 vs sqrt 1.5); for a square input this factor is 1. The
+longer side is capped at `long_side_cap` (1344 = 4 x 336 by default, at most 21 x 84 patches) so that panoramas do
+not blow up the N x N correlation matrix. preset=None uses the 336 setting (eps 1.1, min_samples 7), the better one
+in the supplementary's tables.
 
 `predict_logits` returns log vote shares: channel c of a pixel is log(share of the pixel's cluster whose pre-vote
 label is c) (shares floored at 1e-8; the winner lifted one float32 ulp above its row maximum), so the argmax is
@@ -70,6 +73,7 @@ class CLIPtraseParams:
     ratio: int = 4                       # cluster maps up-sampled x ratio before the median filter
     median_size: int = 7                 # median filter size (2*ratio - 1 in the official code)
     scale_eps: bool = False              # eps x sqrt(N / (S/p)^2): aspect-ratio-free eps for whole images
+    long_side_cap: Optional[int] = None  # whole-image mode: longer side at most this (bounds the N x N correlations)
     templates: str = "imagenet"
     class_format: str = "ovss"
     classes_file: Optional[str] = None   # the preset's label file
@@ -96,13 +100,22 @@ def _read_lines(path: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- geometry
-def resize_short_side(img: Image.Image, size: int, resample=Image.BICUBIC) -> Image.Image:
-    """torchvision `Resize(size)` on a PIL image: shorter side -> size, longer side int(size * long / short)."""
-    w, h = img.size
+def short_side_size(w: int, h: int, size: int, long_cap: Optional[int] = None, min_side: int = 1) -> tuple[int, int]:
+    """(new w, new h) of torchvision `Resize(size)`: shorter side -> size, longer side int(size * long / short).
+    With `long_cap` (ovss's whole-image mode only) a longer side beyond the cap is brought down to it instead,
+    the shorter side int(cap * short / long), at least `min_side`."""
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)
-    nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (nw, nh) == (w, h):
+    if long_cap and new_long > long_cap:
+        new_short, new_long = max(min_side, int(long_cap * short / long)), long_cap
+    return (new_short, new_long) if w <= h else (new_long, new_short)
+
+
+def resize_short_side(img: Image.Image, size: int, resample=Image.BICUBIC, long_cap: Optional[int] = None,
+                      min_side: int = 1) -> Image.Image:
+    """torchvision `Resize(size)` on a PIL image (see `short_side_size`)."""
+    nw, nh = short_side_size(*img.size, size, long_cap, min_side)
+    if (nw, nh) == img.size:
         return img
     return img.resize((nw, nh), resample)
 
@@ -142,7 +155,8 @@ class CLIPtrase(Method):
                "attention, residual + FFN kept")
     Params = CLIPtraseParams
     PRESETS = PRESETS
-    DEFAULT_PRESET = dict(image_size=336, eps=1.1, min_samples=7, center_crop=False, scale_eps=True)
+    DEFAULT_PRESET = dict(image_size=336, eps=1.1, min_samples=7, center_crop=False, scale_eps=True,
+                          long_side_cap=1344)
 
     @classmethod
     def default_classes(cls, params: CLIPtraseParams):
@@ -182,11 +196,12 @@ class CLIPtrase(Method):
     def preprocess(self, image: LoadedImage) -> tuple[torch.Tensor, tuple[int, int]]:
         """The network input (1, 3, H', W') and the output size: (S, S) with the crop, else the original size."""
         S = self.params.image_size
-        img = resize_short_side(Image.fromarray(image.rgb), S)
         if self.params.center_crop:
-            img = center_crop(img, S)
+            img = center_crop(resize_short_side(Image.fromarray(image.rgb), S), S)
             out = (S, S)
         else:
+            img = resize_short_side(Image.fromarray(image.rgb), S, long_cap=self.params.long_side_cap,
+                                    min_side=self.clip.info.patch)
             out = image.size
         x = to_tensor(np.asarray(img)).to(self.models.device, self.models.dtype)
         return x, out
