@@ -333,3 +333,29 @@ def test_whole_image_panorama_is_capped_and_returned_at_full_size(tiny_clip):
     pred = seg.run(rgb)
     assert pred.logits.shape == (3, 40, 400) and pred.labels.shape == (40, 400)
     _check_vote_invariants(pred)
+
+
+@pytest.mark.slow
+def test_eval_runner_on_the_cliptrase_layout_equals_a_hand_loop(tmp_path, tiny_clip):
+    """ovss eval (cliptrase layout + metric, voc21 preset) = predict on each image vs the centre-cropped GT."""
+    import fakedata
+    from ovss.data import get_dataset
+    from ovss.eval.metrics import ConfusionMatrix, cliptrase_metrics
+    from ovss.eval.runner import EvalConfig, evaluate
+    fakedata.make_dataset(tmp_path / "d", "voc21", layout="cliptrase", n=2, sizes=[(70, 90), (96, 64)])
+    over = dict(image_size=64, templates="none")
+    cfg = EvalConfig(method="cliptrase", dataset="voc21", data_root=str(tmp_path / "d"), layout="cliptrase",
+                     metric="cliptrase", clip="tiny-test", clip_weights="random", device="cpu", overrides=over)
+    r = evaluate(cfg, tmp_path / "out", progress=False)
+    seg = ovss.Segmenter(method="cliptrase", classes=None, preset="voc21", clip="tiny-test", clip_weights="random",
+                         device="cpu", **over)
+    assert len(seg.classes) == 21 and seg.classes[-1] == "background"
+    ds = get_dataset("voc21", tmp_path / "d", layout="cliptrase")
+    cm = ConfusionMatrix(21, 255)
+    for s in ds.samples:
+        gt = seg.target_transform(ds.load_gt(s))
+        pred = seg.predict(str(s.image))
+        assert pred.shape == gt.shape == (64, 64)
+        cm.update(pred, gt)
+    np.testing.assert_array_equal(r.confusion, cm.numpy())
+    assert r.summary == cliptrase_metrics(cm.numpy()).summary
