@@ -113,6 +113,8 @@ def test_empty_lists_and_strings_are_refused(tmp_path):
         parse_classes(_write(tmp_path, "e.txt", "\n\n"))
     with pytest.raises(InputError, match="class 2 is empty"):
         parse_classes(["dog", []])
+    with pytest.raises(InputError, match="class 2 is empty"):   # never dropped: it would shift the channels
+        parse_classes(["cat", "", "dog"])
     with pytest.raises(InputError):
         parse_classes(None)
 

@@ -119,5 +119,4 @@ def parse_classes(classes: ClassesInput, fmt: str = "ovss") -> ClassList:
             groups.append([str(s) for s in item])
         else:
             raise InputError(f"class entry {item!r}: give a string or a list of synonym strings")
-    groups = [g for g in groups if g] if all(isinstance(i, str) for i in classes) else groups
     return _build(groups, "<list>")
