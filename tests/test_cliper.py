@@ -289,7 +289,9 @@ def test_preset_fills_params_and_overrides_win():
     p = seg.params
     assert (p.size, p.attention_thr, p.bkg_thre, p.split_halves, p.templates) == (560, 0.35, 0.2, True, "imagenet")
     assert seg.classes[0] == "background" and seg.classes[1] == "road" and len(seg.classes) == 20
-    assert seg.label_offset == 1
+    assert seg.label_offset == 1          # Cityscapes GT has no background: label l is class l-1
+    voc = ovss.Segmenter(method="cliper_elf", clip="tiny-test", clip_weights="random", device="cpu", preset="voc21")
+    assert voc.label_offset == 0 and len(voc.classes) == 21
 
 
 def test_cliper_class_file_layout(tmp_path):

@@ -63,6 +63,8 @@ CONFIGS: dict[str, dict[str, tuple]] = {
 CLASS_FILES = {"voc21": "cls_voc21.txt", "voc20": "cls_voc21.txt", "context60": "cls_context60.txt",
                "context59": "cls_context60.txt", "coco_object": "cls_coco81.txt",
                "coco_stuff": "cls_coco_stuff172.txt", "ade20k": "cls_ade20k.txt", "cityscapes": "cls_city.txt"}
+# benchmarks whose ground truth (as ovss's datasets load it) has no background class
+NO_BACKGROUND = ("voc20", "context59", "coco_stuff", "ade20k", "cityscapes")
 # the official code has configs for ViT-B/16 and ViT-L/14; other CLIP models borrow the ViT-B/16 table
 CONFIG_FALLBACK = "ViT-B/16"
 
@@ -273,7 +275,6 @@ class CLIPerELF(Method):
     Params = CLIPerParams
     PRESETS = _presets()
     DEFAULT_PRESET = dict(benchmark="voc21")
-    label_offset = 1          # label 0 = background, label c+1 = class c of the dataset
     use_sd = False
 
     def __init__(self, params: CLIPerParams, models: Models, classes: ClassList):
@@ -284,6 +285,13 @@ class CLIPerELF(Method):
         self._fill_params()
         self.class_list = self._classes(classes)
         self.fg_index, self.text = self._text(self.class_list)
+
+    @property
+    def label_offset(self) -> int:
+        """Labels are 0 = background, c+1 = foreground class c. On benchmarks whose ground truth has no
+        background class (voc20, context59, coco_stuff, ade20k, cityscapes) label l is dataset class l-1;
+        elsewhere (voc21, context60, coco_object: background = class 0) label l is dataset class l."""
+        return int(self.params.benchmark in NO_BACKGROUND)
 
     # ---------------------------------------------------------------- setup
     def _fill_params(self) -> None:
