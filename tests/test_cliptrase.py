@@ -123,7 +123,8 @@ def test_vote_by_hand_ties_go_to_the_smallest_label():
     pred = torch.tensor([[2, 2, 3, 3],
                          [1, 1, 3, 0],
                          [4, 0, 4, 0]])
-    voted, shares = C.vote(pred, clusters, n_labels=5)
+    voted, winners, shares = C.vote(pred, clusters, n_labels=5)
+    assert winners.tolist() == [1, 3, 0]
     want = torch.tensor([[1, 1, 3, 3],        # cluster 0: two 2s, two 1s -> tie -> 1
                          [1, 1, 3, 3],        # cluster 1: three 3s, one 0 -> 3
                          [0, 0, 0, 0]])       # cluster 2: two 4s, two 0s -> tie -> 0
@@ -134,6 +135,27 @@ def test_vote_by_hand_ties_go_to_the_smallest_label():
     table = C.vote_logits(shares, shares.argmax(1))
     assert table.dtype == torch.float32 and torch.equal(table.T[:, clusters].argmax(0), want)
     torch.testing.assert_close(table[1, 3], torch.tensor(math.log(0.75)))
+
+
+def test_vote_and_argmax_with_a_tie_order():
+    # label 0 ranks last (CLIPtrase's background): ties now go to the other label
+    order = torch.tensor([1, 2, 3, 4, 0])
+    clusters = torch.tensor([[0, 0, 1, 1]])
+    pred = torch.tensor([[0, 4, 0, 0]])
+    voted, winners, _ = C.vote(pred, clusters, 5, order)
+    assert winners.tolist() == [4, 0] and voted.tolist() == [[4, 4, 0, 0]]
+    x = torch.tensor([[[3.0, 1.0]], [[3.0, 0.0]], [[1.0, 1.0]]])           # (3, 1, 2)
+    assert C.channel_argmax(x).tolist() == [[0, 0]]
+    assert C.channel_argmax(x, torch.tensor([1, 2, 0])).tolist() == [[1, 2]]
+    lifted = C.lift_winner(x, torch.tensor([[1, 2]]))
+    assert lifted.argmax(0).tolist() == [[1, 2]] and lifted[0, 0, 0] == 3.0 and lifted[1, 0, 0] > 3.0
+
+
+def test_tie_order_puts_background_last():
+    from ovss.methods.cliptrase import tie_order
+    assert tie_order(["background", "cat", "dog"]).tolist() == [1, 2, 0]
+    assert tie_order(["cat", "dog", "background"]) is None
+    assert tie_order(["cat", "dog"]) is None
 
 
 def test_vote_logits_survive_float32_rounding_of_huge_clusters():
@@ -204,14 +226,20 @@ def test_crop_and_target_transform_round_trip(tiny_clip):
 def test_presets_build_the_official_class_lists():
     def classes(bench):
         return CLIPtrase.default_classes(CLIPtrase.resolve_params(bench, {}))
+    # background = class 0 (ovss's benchmark order; the dataset readers map CLIPtrase's last index to 0)
     voc21 = classes("voc21")
-    assert len(voc21) == 21 and voc21.names[-1] == "background" and voc21.names[0] == "aeroplane"
-    assert len(voc21.queries) == 20 + 33 and voc21.queries[20:22] == ("background", "sky")
+    assert len(voc21) == 21 and voc21.names[0] == "background" and voc21.names[1] == "aeroplane"
+    assert len(voc21.queries) == 33 + 20 and voc21.queries[:2] == ("background", "sky")
+    assert voc21.queries[33] == "aeroplane" and voc21.query_to_class[33] == 1
     assert "beachhill" in voc21.queries and voc21.queries.count("bed") == 2
-    assert set(voc21.query_to_class[20:]) == {20}
+    assert set(voc21.query_to_class[:33]) == {0}
+    from ovss.data.classnames import class_names
+    for bench in ("voc21", "context60", "coco_object", "context59", "ade20k"):
+        assert len(classes(bench)) == len(class_names(bench))              # the dataset's class count
+    assert classes("voc21").names[1:4] == class_names("voc21")[1:4] == ("aeroplane", "bicycle", "bird")
     coco = classes("coco_object")
-    assert len(coco) == 81 and len(coco.queries) == 80 + 107 and coco.names[-1] == "background"
-    assert len(classes("context60")) == 60 and classes("context60").queries[-1] == "background"
+    assert len(coco) == 81 and len(coco.queries) == 107 + 80 and coco.names[0] == "background"
+    assert len(classes("context60")) == 60 and classes("context60").queries[0] == "background"
     voc20 = classes("voc20")
     assert len(voc20) == 20 and not voc20.has_synonyms
     ade847 = classes("ade847")                                   # names with commas are not split
@@ -227,6 +255,28 @@ def test_presets_build_the_official_class_lists():
         CLIPtrase.resolve_params("cityscapes", {})
     with pytest.raises(InputError, match="no parameter 'epsilon'"):
         CLIPtrase.resolve_params("voc21", {"epsilon": 1})
+
+
+def test_background_first_preset_equals_background_last_file_up_to_the_permutation(tmp_path, tiny_clip, smooth_rgb):
+    """The preset's list (background = class 0) gives the official result of the file order [classes; background]
+    (check.py's), ties included, relabelled."""
+    import ovss.methods.cliptrase as T
+    p = CLIPtrase.resolve_params("voc21", {})
+    fg = T._read_lines(p.classes_file)
+    bg = T._read_lines(p.background_file)
+    f = tmp_path / "voc21_bg_last.txt"
+    f.write_text("\n".join(fg + [", ".join(bg)]))
+    kw = dict(image_size=64, eps=0.5, min_samples=2)
+    first = _tiny("voc21", classes=None, **kw)
+    last = _tiny("voc21", classes=str(f), **kw)
+    assert first.classes[0] == "background" and last.classes[-1] == "background"
+    assert first.method.tie_order.tolist() == list(range(1, 21)) + [0] and last.method.tie_order is None
+    to_first = torch.tensor([i + 1 for i in range(20)] + [0])              # last-order label -> first-order label
+    for rgb in (smooth_rgb, np.kron(smooth_rgb, np.ones((2, 2, 1), dtype=np.uint8))):
+        a, b = first.run(rgb), last.run(rgb)
+        assert torch.equal(a.labels, to_first[b.labels])
+        assert torch.equal(a.extras["pre_vote"], to_first[b.extras["pre_vote"]])
+        assert torch.equal(a.logits.argmax(0), a.labels)
 
 
 def test_voc21_file_with_background_line_parses_like_the_official_order(tmp_path, tiny_clip):
@@ -349,7 +399,7 @@ def test_eval_runner_on_the_cliptrase_layout_equals_a_hand_loop(tmp_path, tiny_c
     r = evaluate(cfg, tmp_path / "out", progress=False)
     seg = ovss.Segmenter(method="cliptrase", classes=None, preset="voc21", clip="tiny-test", clip_weights="random",
                          device="cpu", **over)
-    assert len(seg.classes) == 21 and seg.classes[-1] == "background"
+    assert len(seg.classes) == 21 and seg.classes[0] == "background"           # the dataset readers' order
     ds = get_dataset("voc21", tmp_path / "d", layout="cliptrase")
     cm = ConfusionMatrix(21, 255)
     for s in ds.samples:
@@ -359,3 +409,27 @@ def test_eval_runner_on_the_cliptrase_layout_equals_a_hand_loop(tmp_path, tiny_c
         cm.update(pred, gt)
     np.testing.assert_array_equal(r.confusion, cm.numpy())
     assert r.summary == cliptrase_metrics(cm.numpy()).summary
+
+
+def test_method_vote_ties_prefer_foreground_over_background_first_class(tiny_clip, monkeypatch):
+    """Official order [classes; background]: a cluster split evenly between background and a class takes the class,
+    also when background is class 0 (the preset's order); a pre-vote exact tie goes to the class too."""
+    import ovss.methods.cliptrase as T
+    seg = _tiny("voc21", classes=["background, sky", "cat", "dog"], image_size=64)
+    m = seg.method
+    logits = torch.zeros(3, 2, 4)
+    logits[0, :, :2] = 1.0                     # left half: background
+    logits[2, :, 2:] = 1.0                     # right half: dog
+    logits[1, 0, 0] = 1.0                      # (0, 0): exact tie background / cat -> cat (ranks before background)
+    monkeypatch.setattr(m, "class_logits", lambda z, h, w, size: logits.clone())
+    monkeypatch.setattr(T, "dbscan_labels", lambda rows, eps, n: np.zeros(rows.shape[0], dtype=np.int64))
+    monkeypatch.setattr(T, "cluster_masks", lambda *a, **k: torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]))
+    pred = m.postprocess(torch.zeros(5, 4), torch.zeros(5, 5), 2, 2, (2, 4))
+    # row 0: cat, background, dog, dog -> dog wins (2 votes); row 1: background x2, dog x2 -> tie -> dog
+    assert pred.extras["pre_vote"].tolist() == [[1, 0, 2, 2], [0, 0, 2, 2]]
+    assert pred.labels.tolist() == [[2, 2, 2, 2], [2, 2, 2, 2]]
+    assert torch.equal(pred.logits.argmax(0), pred.labels)
+    # no cluster: the pre-vote labels, and the logits' argmax follows them through the tie
+    monkeypatch.setattr(T, "cluster_masks", lambda *a, **k: None)
+    pred = m.postprocess(torch.zeros(5, 4), torch.zeros(5, 5), 2, 2, (2, 4))
+    assert pred.labels.tolist() == [[1, 0, 2, 2], [0, 0, 2, 2]] and torch.equal(pred.logits.argmax(0), pred.labels)

@@ -33,10 +33,21 @@ def single_thread(device: torch.device):
         torch.set_num_threads(n)
 
 
-def channel_argmax(x: torch.Tensor) -> torch.Tensor:
-    """argmax over dim 0 of (K, H, W), first index on ties; `max(0).indices` is several times faster than
-    `argmax(0)` on the CPU for this layout."""
-    return x.max(0).indices
+def channel_argmax(x: torch.Tensor, order: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """argmax over dim 0 of (K, H, W), first index on ties (first in `order`, a permutation of 0..K-1, when
+    given); `max(0).indices` is several times faster than `argmax(0)` on the CPU for this layout."""
+    if order is None:
+        return x.max(0).indices
+    order = order.to(x.device)
+    return order[x.index_select(0, order).max(0).indices]
+
+
+def lift_winner(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) logits with channel labels[y, x] set one float32 ulp above the pixel's maximum, so that argmax
+    returns `labels` even where another channel ties with it."""
+    out = logits.float().clone()
+    top = torch.nextafter(out.max(0).values, torch.tensor(float("inf"), device=out.device))
+    return out.scatter_(0, labels[None].to(out.device), top[None])
 
 
 def self_correlation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -114,15 +125,21 @@ def vote_counts(pred: torch.Tensor, clusters: torch.Tensor, n_labels: int, n_clu
     return torch.bincount(idx, minlength=n_clusters * n_labels).view(n_clusters, n_labels)
 
 
-def vote(pred: torch.Tensor, clusters: torch.Tensor, n_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask classification by voting: every pixel of cluster c gets the most frequent label of `pred` in c (ties
-    -> the smallest label). Returns (voted labels (H, W), vote shares (n_clusters, n_labels))."""
+def vote(pred: torch.Tensor, clusters: torch.Tensor, n_labels: int, order: Optional[torch.Tensor] = None
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask classification by voting: every pixel of cluster c gets the most frequent label of `pred` in c.
+    Ties go to the label listed first in `order` (a permutation of the labels; None = ascending, i.e. the smallest
+    label). Returns (voted labels (H, W), winner per cluster (n_clusters,), vote shares (n_clusters, n_labels))."""
     n_clusters = int(clusters.max()) + 1
     counts = vote_counts(pred, clusters, n_labels, n_clusters)
-    winner = counts.argmax(1)                      # first maximum = smallest label on ties
+    if order is None:
+        winner = counts.argmax(1)                  # first maximum = smallest label on ties
+    else:
+        order = order.to(counts.device)
+        winner = order[counts.index_select(1, order).argmax(1)]
     c = counts.cpu().double()                      # float64 on the CPU (MPS has none)
     shares = c / c.sum(1, keepdim=True).clamp_min(1)
-    return winner[clusters], shares
+    return winner[clusters], winner, shares
 
 
 def vote_logits(shares: torch.Tensor, winners: torch.Tensor) -> torch.Tensor:

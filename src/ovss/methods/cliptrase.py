@@ -8,8 +8,10 @@ Pipeline on one image:
    self-correlation W_sc (cosine, averaged over heads and the q/k/v branches); the last block uses the qkv-sum
    attention (three row-softmaxes added) with residual and MLP kept; `ln_post`, `proj`, L2 normalisation.
 3. Query logits `exp(logit_scale) * cos` on the grid, bilinear to the output size; VOC20 multiplies each query's map
-   by its CLS-token logit; max over a class's synonyms (the background words are the synonyms of the last class,
-   so "every index >= C -> C" is this reduction) and argmax -> pre-vote labels.
+   by its CLS-token logit; max over a class's synonyms (the background words are the synonyms of one class "background",
+   so "every index >= C -> C" is this reduction) and argmax -> pre-vote labels. Ties (argmax and vote) rank a
+   class named "background" last, as the official order [classes; background words] does; under a preset the
+   background is class 0 (ovss's benchmark convention, which the dataset readers follow).
 4. DBSCAN on the rows of G = max(W_sc[1:, 1:] - W_sc[0, 1:], 0); cluster mean maps, bilinear x4, median filter 7,
    bilinear to the output size, argmax -> one cluster per pixel; each cluster takes its most frequent pre-vote label.
 
@@ -44,7 +46,7 @@ from ..backbones.clip import CLIP_MEAN, CLIP_STD
 from ..errors import InputError
 from ..images import LoadedImage
 from ..inference.clustering import (channel_argmax, cluster_masks, dbscan_labels, denoise, self_correlation,
-                                   single_thread, vote, vote_logits)
+                                   lift_winner, single_thread, vote, vote_logits)
 from ..text import ClassList, encode_queries, load_templates
 from ..text.classes import parse_lines
 from ..text.templates import resource_path
@@ -146,6 +148,15 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return ((x - mean) / std)[None]
 
 
+def tie_order(names) -> Optional[torch.Tensor]:
+    """Label order for breaking ties (pre-vote argmax and vote): the official code lists the background words
+    after the classes, so a class named "background" ranks last. None when that is already the index order."""
+    bg = [i for i, n in enumerate(names) if n.strip().lower() == "background"]
+    if len(bg) != 1 or bg[0] == len(names) - 1:
+        return None
+    return torch.tensor([i for i in range(len(names)) if i != bg[0]] + bg)
+
+
 class CLIPtrase(Method):
     name = "cliptrase"
     needs = ("clip",)
@@ -160,18 +171,20 @@ class CLIPtrase(Method):
 
     @classmethod
     def default_classes(cls, params: CLIPtraseParams):
-        """The preset's classes: the label file's names, then (VOC21, Context60, COCO-Object) one class
-        "background" whose synonyms are the background words, in the official order."""
+        """The preset's classes: the label file's names; for VOC21, Context60 and COCO-Object preceded by one class
+        "background" whose synonyms are the background words. Background is class 0 as in ovss's benchmarks (the
+        dataset readers map CLIPtrase's last-index background to 0); the official tie-breaking, where background
+        comes last, is kept by `tie_order`."""
         if not params.classes_file:
             return None
         lines = _read_lines(params.classes_file)
-        if not params.background_file:
-            return parse_lines(lines, params.class_format, source=params.classes_file)
-        bg = [w for w in _read_lines(params.background_file) if w.strip()]
         cl = parse_lines(lines, params.class_format, source=params.classes_file)
-        C = len(cl.names)
-        return ClassList(cl.names + ("background",), cl.queries + tuple(bg), cl.query_to_class + (C,) * len(bg),
-                         f"{params.classes_file} + {params.background_file}")
+        if not params.background_file:
+            return cl
+        bg = tuple(w for w in _read_lines(params.background_file) if w.strip())
+        return ClassList(("background",) + cl.names, bg + cl.queries,
+                         (0,) * len(bg) + tuple(c + 1 for c in cl.query_to_class),
+                         f"{params.background_file} + {params.classes_file}")
 
     def __init__(self, params: CLIPtraseParams, models: Models, classes: ClassList):
         super().__init__()
@@ -189,6 +202,7 @@ class CLIPtrase(Method):
         self.first_query = torch.as_tensor([q2c.index(c) for c in range(len(classes))], device=models.device)
         self.synonyms = [(c, torch.as_tensor([i for i, k in enumerate(q2c) if k == c], device=models.device))
                          for c in range(len(classes)) if q2c.count(c) > 1]
+        self.tie_order = tie_order(classes.names)
         scale = params.logit_scale
         self.scale = float(self.clip.model.logit_scale.float().exp()) if scale is None else float(scale)
 
@@ -260,16 +274,18 @@ class CLIPtrase(Method):
         """Steps 5-13 of spec §2.6: pre-vote labels, DBSCAN clusters, vote."""
         p = self.params
         logits = self.class_logits(z, h, w, size)
-        pred = channel_argmax(logits)
+        pred = channel_argmax(logits, self.tie_order)
         rows = denoise(wsc.float())
         labels = torch.from_numpy(dbscan_labels(rows, self.dbscan_eps(rows.shape[0]), p.min_samples))
         extras = {"n_clusters": int(labels.max()) + 1, "n_noise": int((labels < 0).sum()), "pre_vote": pred.cpu()}
         clusters = cluster_masks(rows, labels.to(rows.device), (h, w), size, p.ratio, p.median_size)
         if clusters is None:
+            if self.tie_order is not None:
+                logits = lift_winner(logits, pred)
             return Prediction(logits=logits.float().cpu(), labels=pred.cpu(), extras=extras)
-        voted, shares = vote(pred, clusters, len(self.classes))
+        voted, winners, shares = vote(pred, clusters, len(self.classes), self.tie_order)
         clusters = clusters.cpu()
-        table = vote_logits(shares, shares.argmax(1))                         # (n_clusters, K), CPU
+        table = vote_logits(shares, winners)                                 # (n_clusters, K), CPU
         extras["clusters"] = clusters
         return Prediction(logits=table.T[:, clusters], labels=voted.cpu(), extras=extras)
 
