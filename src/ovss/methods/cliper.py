@@ -141,11 +141,14 @@ def sinkhorn_step_(S: torch.Tensor) -> torch.Tensor:
 
 
 def fuse_post(S: torch.Tensor) -> torch.Tensor:
-    """post(X): symmetrise, subtract the column mean (over queries), clamp at 0, rows normalised to sum 1."""
-    Y = (S + S.transpose(-2, -1)) / 2
-    Y = Y - Y.mean(dim=-2, keepdim=True)
-    Y = torch.clamp(Y, min=0)
-    return Y / Y.sum(dim=-1, keepdim=True)
+    """post(X): symmetrise (X + Xᵀ)/2, subtract the column mean (over queries), clamp at 0, rows normalised to
+    sum 1. The halving is left out: scaling by 2 is exact in floating point and cancels in the row
+    normalisation, so the result is bit-identical with one pass less."""
+    Y = S + S.transpose(-2, -1)
+    Y -= Y.mean(dim=-2, keepdim=True)
+    Y.clamp_(min=0)
+    Y /= Y.sum(dim=-1, keepdim=True)
+    return Y
 
 
 def elf_forward(clip, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -160,7 +163,7 @@ def elf_forward(clip, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int,
         embeds.append(u)
         q, k, v = clip.qkv(i, u, normed=True)
         A = attention_probs(q, k)                          # (B, heads, T, T), per head
-        S = A.float() if S is None else S + A.float()      # per-head sum over blocks 0..L-2
+        S = A.float().clone() if S is None else S.add_(A)  # per-head sum over blocks 0..L-2
         t = clip.residual_mlp(i, t, clip.attn_out(i, A @ v))
     embeds.append(t)                                       # the raw input of the last block
     last = clip.blocks[L - 1]
