@@ -8,10 +8,10 @@ Pipeline on one image:
    self-correlation W_sc (cosine, averaged over heads and the q/k/v branches); the last block uses the qkv-sum
    attention (three row-softmaxes added) with residual and MLP kept; `ln_post`, `proj`, L2 normalisation.
 3. Query logits `exp(logit_scale) * cos` on the grid, bilinear to the output size; VOC20 multiplies each query's map
-   by its CLS-token logit; max over a class's synonyms (the background words are the synonyms of one class "background",
-   so "every index >= C -> C" is this reduction) and argmax -> pre-vote labels. Ties (argmax and vote) rank a
-   class named "background" last, as the official order [classes; background words] does; under a preset the
-   background is class 0 (ovss's benchmark convention, which the dataset readers follow).
+   by its CLS-token logit; max over a class's synonyms (the background words are the synonyms of one class
+   "background", so the official "every index >= C -> C" is this reduction) and argmax -> pre-vote labels. Ties
+   (argmax and vote) rank a class named "background" last, as the official order [classes; background words]
+   does; under a preset the background is class 0 (ovss's benchmark convention, which the dataset readers follow).
 4. DBSCAN on the rows of G = max(W_sc[1:, 1:] - W_sc[0, 1:], 0); cluster mean maps, bilinear x4, median filter 7,
    bilinear to the output size, argmax -> one cluster per pixel; each cluster takes its most frequent pre-vote label.
 
@@ -27,8 +27,8 @@ in the supplementary's tables.
 
 `predict_logits` returns log vote shares: channel c of a pixel is log(share of the pixel's cluster whose pre-vote
 label is c) (shares floored at 1e-8; the winner lifted one float32 ulp above its row maximum), so the argmax is
-the voted label (equal shares -> smallest label, as the official vote). Without any DBSCAN cluster the labels are the pre-vote argmax and the logits the pre-vote class
-logits.
+the voted label, ties included. Without any DBSCAN cluster the labels are the pre-vote argmax and the logits the
+pre-vote class logits (the label's channel lifted the same way where "background" ties with a class).
 """
 from __future__ import annotations
 
@@ -160,7 +160,8 @@ def tie_order(names) -> Optional[torch.Tensor]:
 class CLIPtrase(Method):
     name = "cliptrase"
     needs = ("clip",)
-    paper = "Shao et al., Explore the Potential of CLIP for Training-Free Open Vocabulary Semantic Segmentation, ECCV 2024"
+    paper = ("Shao et al., Explore the Potential of CLIP for Training-Free Open Vocabulary Semantic Segmentation, "
+             "ECCV 2024")
     repo = "leaves162/CLIPtrase"
     summary = ("penultimate-block cosine self-correlation -> DBSCAN patch clusters with voting; last block qkv-sum "
                "attention, residual + FFN kept")
@@ -264,7 +265,6 @@ class CLIPtrase(Method):
 
     @torch.inference_mode()
     def forward(self, image: LoadedImage) -> Prediction:
-        p = self.params
         x, size = self.preprocess(image)
         z, wsc, h, w = self.encode(x)
         with single_thread(z.device):
