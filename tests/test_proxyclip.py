@@ -134,3 +134,26 @@ def test_full_size_random_proxies(vfm):
     seg = _segmenter(clip="ViT-B/16", vfm=vfm, preset="voc20", classes=None)
     logits = seg.predict_logits(img)
     assert logits.shape == (20, 120, 160) and torch.isfinite(logits).all()
+
+
+def test_cli_segment_and_eval(tmp_path):
+    import json
+
+    import fakedata
+    from PIL import Image
+
+    from ovss.cli import main
+    rng = np.random.default_rng(5)
+    img = tmp_path / "img.png"
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(img)
+    tiny = ["--clip", "tiny-test", "--clip-weights", "random", "--vfm", "tiny_vit8", "--vfm-weights", "random"]
+    small = ["--set", "short_side=112", "--set", "slide_crop=112", "--set", "slide_stride=56"]
+    rc = main(["segment", str(img), "--method", "proxyclip", "-c", "horse, grass, sky", "-o", str(tmp_path / "seg"),
+               *tiny, *small])
+    assert rc == 0 and any(p.suffix == ".png" for p in (tmp_path / "seg").iterdir())
+    fakedata.make_dataset(tmp_path / "data", "voc21", n=2, sizes=[(24, 32), (30, 20)])
+    rc = main(["eval", "--method", "proxyclip", "--dataset", "voc21", "--data-root", str(tmp_path / "data"),
+               "--out", str(tmp_path / "ev"), "--no-progress", *tiny, *small])
+    assert rc == 0
+    files = list((tmp_path / "ev").rglob("*.json"))
+    assert files and any("miou" in json.dumps(json.load(open(f))).lower() for f in files)

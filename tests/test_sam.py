@@ -107,3 +107,12 @@ def test_fused_attention_blocks_equal_library(tiny):
         torch.testing.assert_close(S.fused_block(blk, x), blk(x), atol=2e-5, rtol=1e-5)
     img = torch.randn(1, 3, 1024, 1024)
     torch.testing.assert_close(S.encode(enc, img), enc(img), atol=5e-5, rtol=1e-5)
+
+
+def test_attention_only_pass(tiny):
+    img = _image(100, 160, seed=1)
+    full = tiny.set_image(img)
+    light = tiny.set_image(img, with_features=False)
+    assert light.features is None
+    torch.testing.assert_close(light.attn, full.attn)
+    torch.testing.assert_close(light.v, full.v)

@@ -182,3 +182,29 @@ def test_full_size_random():
                      short_side=448, slide_crop=336, slide_stride=224)
     logits = seg.predict_logits(img)
     assert logits.shape == (21, 150, 200) and not torch.isnan(logits).any()
+
+
+TINY = ["--clip", "tiny-test", "--clip-weights", "random", "--vfm", "tiny_vit8", "--vfm-weights", "random",
+        "--sam", "tiny-test", "--sam-weights", "random"]
+
+
+def test_cli_segment_and_eval(tmp_path):
+    import json
+
+    import fakedata
+    from PIL import Image
+
+    from ovss.cli import main
+    img = tmp_path / "img.png"
+    Image.fromarray(_smooth_image(60, 80, 4)).save(img)
+    small = ["--set", "short_side=112", "--set", "slide_crop=112", "--set", "slide_stride=56"]
+    rc = main(["segment", str(img), "--method", "trident", "-c", "horse, grass, sky", "-o", str(tmp_path / "seg"),
+               *TINY, *small])
+    assert rc == 0 and any(p.suffix == ".png" for p in (tmp_path / "seg").iterdir())
+    fakedata.make_dataset(tmp_path / "data", "voc21", n=2, sizes=[(24, 32), (30, 20)])
+    rc = main(["eval", "--method", "trident", "--dataset", "voc21", "--data-root", str(tmp_path / "data"),
+               "--out", str(tmp_path / "ev"), "--no-progress", *TINY,
+               "--set", "short_side=112", "--set", "slide_crop=112", "--set", "slide_stride=56"])
+    assert rc == 0
+    files = list((tmp_path / "ev").rglob("*.json"))
+    assert files and any("miou" in json.dumps(json.load(open(f))).lower() for f in files)

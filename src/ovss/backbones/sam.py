@@ -34,7 +34,7 @@ _ALIASES = {"sam_vitb": "vit_b", "sam_vit_b": "vit_b", "sam_vith": "vit_h", "sam
 @dataclass
 class SamImage:
     """The state ``SamPredictor.set_image`` leaves behind, plus the last block's attention."""
-    features: torch.Tensor            # (1, 256, 64, 64) neck output
+    features: Optional[torch.Tensor]  # (1, 256, 64, 64) neck output (None: attention-only pass)
     input_size: tuple                 # (h, w) after the longest-side resize, before padding
     original_size: tuple              # (H, W) of the image given to set_image
     attn: Optional[torch.Tensor] = None   # (heads, Nv, Nv) last-block attention probabilities, valid grid
@@ -45,61 +45,78 @@ class SamImage:
         return self.input_size[0] // 16, self.input_size[1] // 16
 
 
-def last_block_attention(attn_mod: nn.Module, x: torch.Tensor, valid: tuple, head_chunk: int = 2):
-    """Global attention of a SAM ``Attention`` module on x (1, H, W, C), exactly as the library computes
-    it, returning (output (1, H, W, C), probabilities (heads, Nv, Nv), values (heads, vh, vw, d)) with the
-    probabilities/values cropped to the top-left ``valid`` = (vh, vw) grid (no renormalisation)."""
-    from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
-
+def _qkv(attn_mod: nn.Module, x: torch.Tensor):
+    """Per-head q, k, v (B*heads, H*W, d) of a SAM ``Attention`` module on x (B, H, W, C)."""
     B, H, W, _ = x.shape
-    assert B == 1
     nh = attn_mod.num_heads
-    vh, vw = valid
     qkv = attn_mod.qkv(x).reshape(B, H * W, 3, nh, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.reshape(3, B * nh, H * W, -1).unbind(0)
-    outs, probs = [], []
-    for s in range(0, nh, head_chunk):
-        qc, kc, vc = q[s:s + head_chunk], k[s:s + head_chunk], v[s:s + head_chunk]
-        a = (qc * attn_mod.scale) @ kc.transpose(-2, -1)
-        if attn_mod.use_rel_pos:
-            a = add_decomposed_rel_pos(a, qc, attn_mod.rel_pos_h, attn_mod.rel_pos_w, (H, W), (H, W))
-        a = a.softmax(dim=-1)
-        outs.append(a @ vc)
-        a = a.view(-1, H, W, H, W)[:, :vh, :vw, :vh, :vw]
-        probs.append(a.reshape(a.shape[0], vh * vw, vh * vw).clone())
-        del a
-    o = torch.cat(outs, 0).view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-    vals = v.view(nh, H, W, -1)[:, :vh, :vw].contiguous()
-    return attn_mod.proj(o), torch.cat(probs, 0), vals
+    return qkv.reshape(3, B * nh, H * W, -1).unbind(0)
 
 
-def fused_attention(attn_mod: nn.Module, x: torch.Tensor, head_chunk: int = 4) -> torch.Tensor:
-    """A SAM ``Attention`` forward through ``scaled_dot_product_attention``, the decomposed relative
-    positions passed as an additive mask: the library's ``softmax(s·QKᵀ + rel-pos)·V`` (same numbers up to
-    float rounding) without its explicit N x N intermediates — about twice as fast for the global blocks."""
+def _rel_terms(attn_mod: nn.Module, q: torch.Tensor, H: int, W: int, rows: int, cols: int):
+    """The decomposed relative-position terms of ``add_decomposed_rel_pos`` for the queries of the top-left
+    rows x cols part of the H x W grid: (b, rows, cols, H) and (b, rows, cols, W)."""
     from segment_anything.modeling.image_encoder import get_rel_pos
+    Rh = get_rel_pos(H, H, attn_mod.rel_pos_h)[:rows]
+    Rw = get_rel_pos(W, W, attn_mod.rel_pos_w)[:cols]
+    r_q = q.reshape(-1, rows, cols, q.shape[-1])
+    return torch.einsum("bhwc,hkc->bhwk", r_q, Rh), torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
 
-    B, H, W, _ = x.shape
+
+def _fused(attn_mod: nn.Module, q, k, v, B: int, H: int, W: int, head_chunk: int = 4) -> torch.Tensor:
+    """softmax(s·QKᵀ + rel-pos)·V through ``scaled_dot_product_attention`` with the relative positions as an
+    additive mask, then ``proj``: (B, H, W, C)."""
     nh = attn_mod.num_heads
-    qkv = attn_mod.qkv(x).reshape(B, H * W, 3, nh, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.reshape(3, B * nh, H * W, -1).unbind(0)
-    if attn_mod.use_rel_pos:
-        Rh = get_rel_pos(H, H, attn_mod.rel_pos_h)
-        Rw = get_rel_pos(W, W, attn_mod.rel_pos_w)
     outs = []
     step = head_chunk * B if H * W > 1024 else B * nh        # chunk only the big (global) attentions
     for s in range(0, B * nh, step):
         qc = q[s:s + step]
         mask = None
         if attn_mod.use_rel_pos:
-            r_q = qc.reshape(-1, H, W, qc.shape[-1])
-            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
-            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
-            mask = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(qc.shape[0], H * W, H * W)
+            rel_h, rel_w = _rel_terms(attn_mod, qc, H, W, H, W)
+            # contiguous terms make the broadcast sum row-major, so the view below copies nothing
+            mask = (rel_h.contiguous().unsqueeze(-1) + rel_w.contiguous().unsqueeze(-2))
+            mask = mask.view(qc.shape[0], H * W, H * W)
         outs.append(F.scaled_dot_product_attention(qc, k[s:s + step], v[s:s + step], attn_mask=mask,
                                                    scale=attn_mod.scale))
     o = torch.cat(outs).view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
     return attn_mod.proj(o)
+
+
+def fused_attention(attn_mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A SAM ``Attention`` forward through ``scaled_dot_product_attention``, the decomposed relative
+    positions passed as an additive mask: the library's ``softmax(s·QKᵀ + rel-pos)·V`` (same numbers up to
+    float rounding) without its explicit N x N intermediates — about twice as fast for the global blocks."""
+    B, H, W, _ = x.shape
+    q, k, v = _qkv(attn_mod, x)
+    return _fused(attn_mod, q, k, v, B, H, W)
+
+
+def last_block_attention(attn_mod: nn.Module, x: torch.Tensor, valid: tuple, need_output: bool = True,
+                         head_chunk: int = 2):
+    """Global attention of a SAM ``Attention`` module on x (1, H, W, C) returning (output (1, H, W, C) or None,
+    probabilities (heads, Nv, Nv), values (heads, vh, vw, d)), probabilities and values cropped to the
+    top-left ``valid`` = (vh, vw) grid on both axes (no renormalisation). The probabilities are the library's
+    ``softmax((s·q)kᵀ + rel-pos)`` over all H·W keys, computed for the valid query rows only."""
+    B, H, W, _ = x.shape
+    assert B == 1
+    nh = attn_mod.num_heads
+    vh, vw = valid
+    q, k, v = _qkv(attn_mod, x)
+    qv = q.view(nh, H, W, -1)[:, :vh, :vw].reshape(nh, vh * vw, -1)
+    probs = []
+    for s in range(0, nh, head_chunk):
+        qc = qv[s:s + head_chunk]
+        a = (qc * attn_mod.scale) @ k[s:s + head_chunk].transpose(-2, -1)          # (c, Nv, H*W)
+        if attn_mod.use_rel_pos:
+            rel_h, rel_w = _rel_terms(attn_mod, qc, H, W, vh, vw)
+            a = a.view(-1, vh, vw, H, W) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+        a = a.view(-1, vh * vw, H * W).softmax(dim=-1)
+        probs.append(a.view(-1, vh * vw, H, W)[:, :, :vh, :vw].reshape(-1, vh * vw, vh * vw).clone())
+        del a
+    vals = v.view(nh, H, W, -1)[:, :vh, :vw].contiguous()
+    out = _fused(attn_mod, q, k, v, B, H, W) if need_output else None
+    return out, torch.cat(probs, 0), vals
 
 
 def fused_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -128,9 +145,10 @@ def encode(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return encoder.neck(t.permute(0, 3, 1, 2))
 
 
-def encode_with_last_attention(encoder: nn.Module, x: torch.Tensor, valid: tuple):
+def encode_with_last_attention(encoder: nn.Module, x: torch.Tensor, valid: tuple, need_features: bool = True):
     """``ImageEncoderViT.forward`` with the last block's attention captured (see above); the other blocks
-    use :func:`fused_attention`."""
+    use :func:`fused_attention`. Without `need_features` the last block stops after its attention
+    probabilities and values (no output, MLP or neck): features None."""
     t = encoder.patch_embed(x)
     if encoder.pos_embed is not None:
         t = t + encoder.pos_embed
@@ -139,7 +157,9 @@ def encode_with_last_attention(encoder: nn.Module, x: torch.Tensor, valid: tuple
     blk = encoder.blocks[-1]
     if blk.window_size > 0:  # pragma: no cover - every released SAM ends with a global block
         raise ValueError("the last SAM encoder block is windowed; cannot capture global attention")
-    y, probs, vals = last_block_attention(blk.attn, blk.norm1(t), valid)
+    y, probs, vals = last_block_attention(blk.attn, blk.norm1(t), valid, need_output=need_features)
+    if not need_features:
+        return None, probs, vals
     t = t + y
     t = t + blk.mlp(blk.norm2(t))
     return encoder.neck(t.permute(0, 3, 1, 2)), probs, vals
@@ -172,13 +192,14 @@ class SAM(nn.Module):
         return self.model.preprocess(t.float()), input_size
 
     @torch.no_grad()
-    def set_image(self, image: np.ndarray, with_attention: bool = True) -> SamImage:
-        """Image embedding of a uint8 RGB image (H, W, 3); with the last block's attention when asked."""
+    def set_image(self, image: np.ndarray, with_attention: bool = True, with_features: bool = True) -> SamImage:
+        """Image embedding of a uint8 RGB image (H, W, 3); with the last block's attention when asked.
+        ``with_features=False`` (attention only) skips the last block's output, MLP and the neck."""
         x, input_size = self.prepare(image)
         x = x.to(self.dtype)
         valid = (input_size[0] // 16, input_size[1] // 16)
         if with_attention:
-            feats, probs, vals = encode_with_last_attention(self.model.image_encoder, x, valid)
+            feats, probs, vals = encode_with_last_attention(self.model.image_encoder, x, valid, with_features)
         else:
             feats, probs, vals = encode(self.model.image_encoder, x), None, None
         return SamImage(feats, input_size, tuple(image.shape[:2]), probs, vals)

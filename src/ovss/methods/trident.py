@@ -104,11 +104,11 @@ class Trident(DenseMethod):
         refine = self.params.sam_refinement
         if self.params.sam_halves:
             half = img.shape[1] // 2
-            parts = [self.sam.set_image(np.ascontiguousarray(img[:, :half])),
-                     self.sam.set_image(np.ascontiguousarray(img[:, half:]))]
+            parts = [self.sam.set_image(np.ascontiguousarray(img[:, :half]), with_features=False),
+                     self.sam.set_image(np.ascontiguousarray(img[:, half:]), with_features=False)]
             full = self.sam.set_image(img, with_attention=False) if refine else None
             return parts, full
-        st = self.sam.set_image(img)
+        st = self.sam.set_image(img, with_features=refine)     # the neck only feeds the refinement
         return [st], st
 
     # ------------------------------------------------------------------ B. windows -> canvas
