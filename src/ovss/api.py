@@ -150,7 +150,9 @@ class Segmenter:
         img = image if isinstance(image, LoadedImage) else load_image(image)
         pred = self.method(img)
         labels = pred.labels.numpy().astype(np.int64)
-        probs = torch.softmax(pred.logits.float(), dim=0)
+        # per-pixel class scores: the probabilities, or the maps themselves for methods whose outputs are scores
+        probs = (pred.logits.float() if getattr(self.method, "logits_are_scores", False)
+                 else torch.softmax(pred.logits.float(), dim=0))
         K = probs.shape[0]
         counts = np.bincount(labels.ravel(), minlength=K)
         flat_p = probs.reshape(K, -1)

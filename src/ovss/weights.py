@@ -32,6 +32,7 @@ class WeightSpec:
     url: Optional[str] = None       # the official download URL (used when there is no hub copy)
     size_mb: int = 0                # approximate download size
     aliases: Sequence[str] = field(default_factory=tuple)
+    hf_allow: Optional[Sequence[str]] = None   # folder models: only these files of the repo (not its extra checkpoints)
 
 
 _FB = "https://dl.fbaipublicfiles.com"
@@ -64,7 +65,11 @@ SPECS: dict[str, WeightSpec] = {s.key: s for s in [
     WeightSpec("sam:vit_h", "Segment Anything ViT-H", "sam_weights", "sam_vit_h_4b8939.pth",
                url=f"{_FB}/segment_anything/sam_vit_h_4b8939.pth", size_mb=2450),
     WeightSpec("sd21_base", "Stable Diffusion 2.1-base (diffusers folder)", "sd_weights",
-               "stable-diffusion-2-1-base/", hf_repo="stabilityai/stable-diffusion-2-1-base", size_mb=5200),
+               "stable-diffusion-2-1-base/", hf_repo="stabilityai/stable-diffusion-2-1-base", size_mb=5200,
+               hf_allow=("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json",
+                         "text_encoder/model.safetensors", "unet/config.json",
+                         "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                         "vae/diffusion_pytorch_model.safetensors")),
 ]}
 _ALIASES = {a: s.key for s in SPECS.values() for a in s.aliases}
 
@@ -106,7 +111,7 @@ def local_path(key: str) -> Optional[str]:
     if not s.hf_files:
         from huggingface_hub import snapshot_download
         try:
-            return snapshot_download(s.hf_repo, local_files_only=True)
+            return snapshot_download(s.hf_repo, local_files_only=True, allow_patterns=s.hf_allow)
         except Exception:
             return None
     for f in s.hf_files:
@@ -228,7 +233,7 @@ def download(key: str, progress: bool = True) -> str:
             return _download_url(s.url, _url_target(s), progress)
         if not s.hf_files:
             from huggingface_hub import snapshot_download
-            return snapshot_download(s.hf_repo)
+            return snapshot_download(s.hf_repo, allow_patterns=s.hf_allow)
         from huggingface_hub import hf_hub_download
         last: Exception | None = None
         from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError

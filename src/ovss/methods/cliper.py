@@ -279,6 +279,7 @@ class CLIPerELF(Method):
     PRESETS = _presets()
     DEFAULT_PRESET = dict(benchmark="voc21")
     use_sd = False
+    logits_are_scores = True    # the output channels are CLIPer's score maps in [0, 1], not logits of a softmax
 
     def __init__(self, params: CLIPerParams, models: Models, classes: ClassList):
         super().__init__()
