@@ -117,13 +117,14 @@ class VFM(nn.Module):
             return pe
         key = (h, w, pe.dtype, pe.device)
         if key not in self._pe_cache:
-            cls_pe, patch_pe = pe[:, :1], pe[:, 1:]
+            cls_pe, patch_pe = pe[:, :1], pe[:, 1:].float()      # resampled in fp32, then cast back
             if self.cfg.pe == "dino":
                 new = resample_pe_a(patch_pe, h, w)
             elif self.cfg.pe == "dinov2":
-                new = resample_to_size(patch_pe.float(), h, w, antialias=True).to(pe.dtype)
+                new = resample_to_size(patch_pe, h, w, antialias=True)
             else:
                 new = resample_to_size(patch_pe, h, w, antialias=False)
+            new = new.to(pe.dtype)
             self._pe_cache[key] = torch.cat([cls_pe, new], dim=1)
         return self._pe_cache[key]
 

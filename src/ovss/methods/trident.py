@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from ..images import LoadedImage
-from ..inference.probs import threshold_labels
 from ..inference.sam_refine import sam_refine
 from ..inference.splice import proxy_attention, proxy_last_block, sam_affinity, splice, to_imagenet
 from ..inference.window import gather_windows, window_boxes
@@ -174,7 +173,9 @@ class Trident(DenseMethod):
             cos = pamr(img, cos[None], p.pamr_steps, p.pamr_dilations)[0]
         P = self.probabilities(cos)
         logp = P.log()
-        labels = threshold_labels(logp, p.prob_thd)
+        best, labels = P.max(0)                                  # first index on ties
+        if p.prob_thd > 0:
+            labels = torch.where(best < p.prob_thd, torch.zeros_like(labels), labels)
         extras = {}
         if p.sam_refinement:
             labels, scores = sam_refine(self.sam, full, labels, P, p.coarse_thresh, p.minimal_area,
