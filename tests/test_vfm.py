@@ -149,3 +149,16 @@ def test_full_size_random(name, grid):
     m = V.load_vfm(name, "random")
     f = m.features(torch.randn(1, 3, 336, 224))
     assert f.shape[-2:] == grid and torch.isfinite(f).all()
+
+
+def test_mae_checkpoint_layout(tmp_path):
+    """MAE's released file: {'model': encoder keys (+ decoder keys in full checkpoints)}, loaded like ProxyCLIP."""
+    m = V.load_vfm("mae_vitb16", "random", seed=4, input_size=224)
+    sd = {k.removeprefix("vit."): v for k, v in m.state_dict().items()}
+    sd["decoder_embed.weight"] = torch.zeros(2, 2)
+    sd["mask_token"] = torch.zeros(1, 1, 768)
+    torch.save({"model": sd}, tmp_path / "mae.pth")
+    m2 = V.load_vfm("mae_vitb16", str(tmp_path / "mae.pth"), input_size=224)
+    x = torch.randn(1, 3, 100, 150)
+    torch.testing.assert_close(m2.features(x), m.features(x), atol=0, rtol=0)
+    assert m.features(x).shape == (1, 768, 14, 14)

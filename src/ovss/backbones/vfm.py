@@ -257,6 +257,9 @@ def load_vfm(name: str, weights: Optional[str] = None, device="cpu", dtype: torc
         sd = random_state_dict(model, seed=seed, depth=cfg.depth)
     else:
         sd = convert_state_dict(_read_checkpoint(weights), cfg)
+    if cfg.pe == "mae" and "vit.norm.weight" not in sd:   # ProxyCLIP loads MAE non-strictly: a checkpoint
+        sd["vit.norm.weight"] = torch.ones(cfg.dim)       # without the encoder norm keeps the identity init
+        sd["vit.norm.bias"] = torch.zeros(cfg.dim)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{name}: weights {weights!r} do not match the architecture "

@@ -55,8 +55,14 @@ def proxy_last_block(clip, x: torch.Tensor, attn: torch.Tensor, grid: tuple[int,
     t = clip.run_blocks(t, 0, last)
     if drop_cls:
         t = t[:, 1:]
-    _, _, v = clip.qkv(last, t[:, -h * w:])                            # (B, nh, h*w, d)
-    B, nh, _, d = v.shape
+    blk = clip.blocks[last]
+    D = t.shape[-1]
+    nh = clip.info.heads
+    u = blk.ln_1(t[:, -h * w:])                                          # values only: rows 2D..3D of in_proj
+    v = F.linear(u, blk.attn.in_proj_weight[2 * D:], blk.attn.in_proj_bias[2 * D:])
+    B = v.shape[0]
+    d = D // nh
+    v = v.view(B, h * w, nh, d).transpose(1, 2)                          # (B, nh, h*w, d)
     I, J = grid
     v = v.transpose(2, 3).reshape(B * nh, d, h, w)
     if (h, w) != (I, J):
