@@ -208,3 +208,9 @@ def test_cli_segment_and_eval(tmp_path):
     assert rc == 0
     files = list((tmp_path / "ev").rglob("*.json"))
     assert files and any("miou" in json.dumps(json.load(open(f))).lower() for f in files)
+
+
+def test_default_preset_reads_ovss_class_files():
+    p = Trident.resolve_params(None, {})
+    assert p.class_format == "ovss" and p.sam_refinement and p.synonym_rule == "first"
+    assert (p.short_side, p.slide_crop, p.slide_stride) == (448, 336, 224)

@@ -88,7 +88,7 @@ class Trident(DenseMethod):
     summary = "CLIP + DINO proxy attention on batched windows, spliced, aggregated by SAM attention; SAM refinement"
     Params = TridentParams
     PRESETS = PRESETS
-    DEFAULT_PRESET = dict(_COMMON, short_side=448, slide_stride=224, coarse_thresh=0.2)
+    DEFAULT_PRESET = dict(_COMMON, short_side=448, slide_stride=224, coarse_thresh=0.2, class_format="ovss")
 
     def __init__(self, params, models, classes):
         super().__init__(params, models, classes)
