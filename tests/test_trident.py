@@ -212,5 +212,20 @@ def test_cli_segment_and_eval(tmp_path):
 
 def test_default_preset_reads_ovss_class_files():
     p = Trident.resolve_params(None, {})
-    assert p.class_format == "ovss" and p.sam_refinement and p.synonym_rule == "first"
+    assert p.class_format == "ovss" and p.sam_refinement and p.synonym_rule == "max"
     assert (p.short_side, p.slide_crop, p.slide_stride) == (448, 336, 224)
+
+
+def test_synonym_rules():
+    from types import SimpleNamespace
+
+    from ovss.text import parse_classes
+    cos = torch.randn(5, 2, 3)
+    m = SimpleNamespace(params=SimpleNamespace(logit_scale=40.0, synonym_rule="first"))
+    P = torch.softmax(cos * 40, 0)
+    m.classes = parse_classes(["sky; cloud; wall", "horse", "grass"], "proxyclip")      # only class 0 has synonyms
+    got = Trident.probabilities(m, cos)
+    torch.testing.assert_close(got, torch.stack([P[:3].amax(0), P[3], P[4]]))
+    m.classes = parse_classes(["sky", "horse; pony", "grass; lawn"], "proxyclip")   # the official rule misreads this
+    got = Trident.probabilities(m, cos)
+    torch.testing.assert_close(got, torch.stack([P[0], P[1:3].amax(0), P[3:].amax(0)]))

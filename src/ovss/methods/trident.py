@@ -88,7 +88,8 @@ class Trident(DenseMethod):
     summary = "CLIP + DINO proxy attention on batched windows, spliced, aggregated by SAM attention; SAM refinement"
     Params = TridentParams
     PRESETS = PRESETS
-    DEFAULT_PRESET = dict(_COMMON, short_side=448, slide_stride=224, coarse_thresh=0.2, class_format="ovss")
+    DEFAULT_PRESET = dict(_COMMON, short_side=448, slide_stride=224, coarse_thresh=0.2, class_format="ovss",
+                          synonym_rule="max")
 
     def __init__(self, params, models, classes):
         super().__init__(params, models, classes)
@@ -152,13 +153,19 @@ class Trident(DenseMethod):
         return torch.cat(outs, dim=-1)
 
     def probabilities(self, cos: torch.Tensor) -> torch.Tensor:
-        """Trident's rule: softmax over queries of λ·cos, background = max over the first Q−C+1 queries."""
+        """Softmax over queries of λ·cos, reduced per class. Trident's rule ("first": class 0 = max over the first
+        Q−C+1 queries, the others one query each) where it applies; the max over each class's synonyms otherwise
+        (the same numbers whenever only class 0 has synonyms)."""
         P = torch.softmax(cos * self.params.logit_scale, dim=0)
+        q2c = torch.as_tensor(self.classes.query_to_class, device=P.device)
         C = len(self.classes)
-        if P.shape[0] != C:
-            extra = P.shape[0] - C
-            P = torch.cat([P[:extra + 1].amax(0, keepdim=True), P[extra + 1:]])
-        return P
+        if P.shape[0] == C:
+            return P
+        extra = P.shape[0] - C
+        if self.params.synonym_rule == "first" and bool((q2c[extra:] == torch.arange(C, device=P.device)).all()):
+            return torch.cat([P[:extra + 1].amax(0, keepdim=True), P[extra + 1:]])
+        out = torch.zeros((C,) + P.shape[1:], dtype=P.dtype, device=P.device)
+        return out.scatter_reduce(0, q2c.view(-1, 1, 1).expand_as(P), P, "amax", include_self=False)
 
     @torch.inference_mode()
     def forward(self, image: LoadedImage) -> Prediction:
