@@ -223,9 +223,9 @@ def test_synonym_rules():
     cos = torch.randn(5, 2, 3)
     m = SimpleNamespace(params=SimpleNamespace(logit_scale=40.0, synonym_rule="first"))
     P = torch.softmax(cos * 40, 0)
-    m.classes = parse_classes(["sky; cloud; wall", "horse", "grass"], "proxyclip")      # only class 0 has synonyms
+    m.classes = parse_classes(["sky, cloud, wall", "horse", "grass"], "ovss")      # only class 0 has synonyms
     got = Trident.probabilities(m, cos)
     torch.testing.assert_close(got, torch.stack([P[:3].amax(0), P[3], P[4]]))
-    m.classes = parse_classes(["sky", "horse; pony", "grass; lawn"], "proxyclip")   # the official rule misreads this
+    m.classes = parse_classes(["sky", "horse, pony", "grass, lawn"], "ovss")   # the official rule misreads this
     got = Trident.probabilities(m, cos)
     torch.testing.assert_close(got, torch.stack([P[0], P[1:3].amax(0), P[3:].amax(0)]))
