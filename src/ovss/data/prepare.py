@@ -202,6 +202,18 @@ def prepare_context(out_root: os.PathLike, src: Optional[os.PathLike] = None, js
     ann_dir = out_root / "SegmentationClassContext"
     rep = Report()
     written_stems: list[str] = []
+
+    def emit(stem: str, labels) -> None:
+        """Write one map (computed only when needed); an existing file is kept unless `overwrite`."""
+        dst = ann_dir / f"{stem}.png"
+        written_stems.append(stem)
+        if dst.exists() and not overwrite:
+            rep.skipped += 1
+            return
+        write_label(dst, labels())
+        rep.written += 1
+        rep.outputs.append(dst)
+
     if json_path is not None:
         try:
             from detail import Detail  # type: ignore
@@ -215,13 +227,7 @@ def prepare_context(out_root: os.PathLike, src: Optional[os.PathLike] = None, js
             keep = set(stems)
             items = [it for it in items if it[0] in keep]
         for stem, img in items:
-            dst = ann_dir / f"{stem}.png"
-            written_stems.append(stem)
-            if dst.exists() and not overwrite:
-                rep.skipped += 1
-                continue
-            write_label(dst, context_from_ids(np.asarray(det.getMask(img)), strict, stem))
-            rep.written += 1
+            emit(stem, lambda: context_from_ids(np.asarray(det.getMask(img)), strict, stem))
     else:
         if src is None:
             raise InputError("give --src (folder of 459-label masks: .mat, .png or .tif) or --json trainval_merged.json")
@@ -244,14 +250,7 @@ def prepare_context(out_root: os.PathLike, src: Optional[os.PathLike] = None, js
             from tqdm.auto import tqdm
             it = tqdm(it, total=len(files), unit="file")
         for stem, f in it:
-            dst = ann_dir / f"{stem}.png"
-            written_stems.append(stem)
-            if dst.exists() and not overwrite:
-                rep.skipped += 1
-                continue
-            write_label(dst, context_from_ids(read_context_ids(f, ids), strict, str(f)))
-            rep.written += 1
-            rep.outputs.append(dst)
+            emit(stem, lambda: context_from_ids(read_context_ids(f, ids), strict, str(f)))
     lst = out_root / "ImageSets" / "SegmentationContext" / f"{split}.txt"
     lst.parent.mkdir(parents=True, exist_ok=True)
     lst.write_text("".join(f"{s}\n" for s in sorted(written_stems)))
