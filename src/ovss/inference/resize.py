@@ -34,3 +34,13 @@ def mmseg_normalize(rgb: np.ndarray, device=None, dtype=torch.float32) -> torch.
     mean = torch.tensor(MMSEG_MEAN, device=x.device).view(3, 1, 1)
     std = torch.tensor(MMSEG_STD, device=x.device).view(3, 1, 1)
     return ((x - mean) / std).unsqueeze(0).to(dtype)
+
+
+def clip_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """torchvision ToTensor + Normalize(CLIP mean/std), as CLIPtrase and CLIPer preprocess:
+    uint8 (H, W, 3) -> (1, 3, H, W) float32."""
+    from ..backbones.clip import CLIP_MEAN, CLIP_STD
+    x = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).permute(2, 0, 1).float().div(255)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
+    return ((x - mean) / std)[None]

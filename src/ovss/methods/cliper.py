@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..backbones.attention import attention_probs
-from ..backbones.clip import CLIP_MEAN, CLIP_STD
 from ..errors import InputError
 from ..images import LoadedImage
+from ..inference.resize import clip_to_tensor
 from ..inference.window import window_boxes
 from ..text import ClassList, encode_queries, load_templates
 from ..text.templates import resource_path
@@ -124,10 +124,7 @@ def cliper_resize(rgb: np.ndarray, size: int, patch: int) -> torch.Tensor:
     if h < patch or w < patch:
         raise InputError(f"image {W}x{H} is too elongated for CLIPer's resize (one side rounds to 0 patches)")
     im = Image.fromarray(rgb).resize((w, h), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(CLIP_STD, dtype=torch.float32)[:, None, None]
-    return ((x - mean) / std)[None]
+    return clip_to_tensor(np.asarray(im))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -42,11 +42,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..backbones.attention import last_block
-from ..backbones.clip import CLIP_MEAN, CLIP_STD
 from ..errors import InputError
 from ..images import LoadedImage
 from ..inference.clustering import (channel_argmax, cluster_masks, dbscan_labels, denoise, self_correlation,
                                    lift_winner, single_thread, vote, vote_logits)
+from ..inference.resize import clip_to_tensor
 from ..text import ClassList, encode_queries, load_templates
 from ..text.classes import parse_lines
 from ..text.templates import resource_path
@@ -140,14 +140,6 @@ def crop_label_map(gt: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(center_crop(resize_short_side(img, size, Image.NEAREST), size)).astype(gt.dtype)
 
 
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """ToTensor + Normalize(CLIP mean/std): uint8 (H, W, 3) -> (1, 3, H, W) float32."""
-    x = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return ((x - mean) / std)[None]
-
-
 def tie_order(names) -> Optional[torch.Tensor]:
     """Label order for breaking ties (pre-vote argmax and vote): the official code lists the background words
     after the classes, so a class named "background" ranks last. None when that is already the index order."""
@@ -218,7 +210,7 @@ class CLIPtrase(Method):
             img = resize_short_side(Image.fromarray(image.rgb), S, long_cap=self.params.long_side_cap,
                                     min_side=self.clip.info.patch)
             out = image.size
-        x = to_tensor(np.asarray(img)).to(self.models.device, self.models.dtype)
+        x = clip_to_tensor(np.asarray(img)).to(self.models.device, self.models.dtype)
         return x, out
 
     def target_transform(self, gt: np.ndarray) -> np.ndarray:
