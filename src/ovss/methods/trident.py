@@ -23,16 +23,15 @@ from ..inference.sam_refine import sam_refine
 from ..inference.splice import proxy_attention, proxy_last_block, sam_affinity, splice, to_imagenet
 from ..inference.window import gather_windows, window_boxes
 from .base import Prediction
-from .dense import DenseMethod, DenseParams, official_classes
+from .dense import DenseMethod, official_classes
+from .proxyclip import ProxyCLIPParams
 
 ALL = ("voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff", "cityscapes", "ade20k",
        "context459", "ade847")
 
 
 @dataclass
-class TridentParams(DenseParams):
-    beta: float = 1.2
-    gamma: float = 3.0
+class TridentParams(ProxyCLIPParams):   # beta, gamma: ProxyCLIP's proxy attention
     cos_fac: float = 1.2              # SAM affinity: row threshold = cos_fac x mean cosine (capped at 0.9)
     refine_neg_cos: bool = True       # False: a negative threshold becomes 0.6
     sam_halves: bool = False          # Cityscapes: SAM on the left and right halves
