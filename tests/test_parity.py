@@ -2,9 +2,12 @@
 method ovss implements (marker `parity`; `python -m pytest -m parity tests/test_parity.py`).
 
 The kit (fixtures made by running the official code on deterministic random weights) lives beside the project
-in the development workspace; in a user's clone it is absent and these tests are skipped with that reason."""
+in the development workspace; in a user's clone it is absent and these tests are skipped with that reason.
+A fixture names its method in its json's `ovss` block; the first fixtures (without one) are named after their
+method (`proxyclip_dino_vitb8` -> `proxyclip`). A fixture whose method this build lacks is skipped, saying so."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,22 +17,25 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIT = os.environ.get("OVSS_PARITY_KIT", os.path.join(ROOT, "..", "shared", "parity"))
 CHECK = os.path.join(KIT, "check.py")
-
-# fixture -> ovss method it exercises
-FIXTURE_METHOD = {
-    "clip": "clip", "sclip": "sclip", "clearclip": "clearclip", "naclip": "naclip",
-    "proxyclip_dino_vitb8": "proxyclip", "proxyclip_dino_vitb16": "proxyclip",
-    "trident": "trident", "trident_samrefine": "trident",
-    "cliptrase": "cliptrase", "cliptrase_336": "cliptrase", "cliptrase_voc20": "cliptrase",
-    "cliptrase_336_voc20": "cliptrase",
-    "cliper_elf": "cliper_elf", "cliper": "cliper",
-}
+FIXTURES = os.path.join(KIT, "fixtures")
 
 
 def _fixtures() -> list[str]:
     if not os.path.exists(CHECK):
         return []
-    return sorted(f[:-5] for f in os.listdir(os.path.join(KIT, "fixtures")) if f.endswith(".json") and not f.startswith("_"))
+    return sorted(f[:-5] for f in os.listdir(FIXTURES) if f.endswith(".json") and not f.startswith("_"))
+
+
+def fixture_method(fixture: str, meta: dict) -> str:
+    """The ovss method a fixture exercises: its json's `ovss.method`, else the registered method name that is the
+    longest prefix of the fixture name (the first fixtures: `cliptrase_336_voc20` -> `cliptrase`)."""
+    if "ovss" in meta:
+        return meta["ovss"]["method"]
+    from ovss.methods import MODULES
+    named = [m for m in MODULES if fixture == m or fixture.startswith(m + "_")]
+    if not named:
+        raise LookupError(f"fixture {fixture!r} has no `ovss` block and no method of that name")
+    return max(named, key=len)
 
 
 def _implemented(method: str) -> bool:
@@ -42,15 +48,24 @@ def _implemented(method: str) -> bool:
         return False
 
 
+def test_fixture_method_rule():
+    assert fixture_method("cliptrase_336_voc20", {}) == "cliptrase"
+    assert fixture_method("cliper_elf", {}) == "cliper_elf"
+    assert fixture_method("proxyclip_dino_vitb8", {}) == "proxyclip"
+    assert fixture_method("anything", {"ovss": {"method": "corrclip"}}) == "corrclip"
+    with pytest.raises(LookupError, match="no `ovss` block"):
+        fixture_method("nosuchmethod_x", {})
+
+
 @pytest.mark.parity
 @pytest.mark.skipif(not os.path.exists(CHECK), reason=f"parity kit not found at {KIT} (it lives beside the project "
                                                        f"in the development workspace; set OVSS_PARITY_KIT)")
 @pytest.mark.parametrize("fixture", _fixtures() or ["<none>"])
 def test_parity(fixture):
-    if fixture not in FIXTURE_METHOD:
-        pytest.fail(f"fixture {fixture!r} has no ovss method mapping: add it to FIXTURE_METHOD")
-    if not _implemented(FIXTURE_METHOD[fixture]):
-        pytest.skip(f"method {FIXTURE_METHOD[fixture]!r} is not implemented in this build")
+    with open(os.path.join(FIXTURES, f"{fixture}.json")) as f:
+        method = fixture_method(fixture, json.load(f))
+    if not _implemented(method):
+        pytest.skip(f"method {method!r} (fixture {fixture!r}) is not implemented in this build")
     proc = subprocess.run([sys.executable, CHECK, fixture], cwd=ROOT, capture_output=True, text=True, timeout=3000)
     out = proc.stdout + proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]

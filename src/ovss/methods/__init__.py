@@ -18,6 +18,13 @@ MODULES: dict[str, str] = {
     "trident": "trident",
     "cliper_elf": "cliper",
     "cliper": "cliper",
+    "scclip": "scclip",
+    "resclip": "resclip",
+    "itaclip": "itaclip",
+    "gem": "gem",
+    "clip_surgery": "clip_surgery",
+    "cass": "cass",
+    "corrclip": "corrclip",
 }
 
 
