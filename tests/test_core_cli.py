@@ -121,11 +121,31 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys, small_images, m
 def test_methods_lists_the_methods(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    lines = out.splitlines()
-    assert lines[0].split()[:3] == ["method", "models", "weights"]
-    names = {ln.split()[0] for ln in lines[1:] if ln.strip()}
-    assert {"clip", "maskclip", "sclip", "clearclip", "naclip"} <= names
-    assert "wangf3014/SCLIP" in out and "sinahmr/NACLIP" in out
+    first, second = out.split("\n\n")[:2]
+    lines = first.splitlines()
+    assert lines[0].split()[:3] == ["method", "weights", "on"]
+    rows = {ln.split()[0]: ln for ln in lines[1:]}
+    assert {"clip", "maskclip", "sclip", "clearclip", "naclip", "proxyclip", "trident", "cliper"} <= set(rows)
+    assert "clip:ViT-B/16, dino_vitb8" in rows["proxyclip"] and "sd21_base" in rows["cliper"]
+    # the survey's reported mIoU, one row per method, 8 benchmarks in the survey's order
+    head, *body = second.splitlines()[1:]
+    assert head.split()[:9] == ["method", "voc21", "context60", "coco_object", "voc20", "cityscapes", "context59",
+                                "ade20k", "coco_stuff"]
+    rep = {ln.split()[0]: ln.split()[1:9] for ln in body}
+    assert rep["sclip"] == ["59.1", "30.4", "30.5", "80.4", "32.2", "34.2", "16.1", "22.4"]
+    assert rep["cliptrase"][4] == "-" and rep["cliper_elf"] == ["-"] * 8
+    assert "Survey on Training-free" in second
+
+
+def test_methods_markdown_is_the_readme_table(capsys):
+    assert main(["methods", "--markdown"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("| `method=` | models | paper | official code | voc21 |")
+    row = next(ln for ln in out if ln.startswith("| `trident` |"))
+    assert "CLIP + DINO / VFM + SAM" in row and row.endswith("| 67.1 | 38.6 | 41.1 | 84.5 | 42.9 | 42.2 | 21.9 | 28.3 |")
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    for line in out:   # the README carries this table verbatim (regenerate it with `ovss methods --markdown`)
+        assert line in readme, f"README method table is stale: {line[:60]}..."
 
 
 def test_bench_json(capsys):

@@ -1,34 +1,61 @@
-"""`ovss methods`: the methods, the models each needs, and whether their weights are on this machine."""
+"""`ovss methods`: the methods, the weights each loads and whether they are on this machine, and what each
+reported on the eight standard benchmarks (so a user knows what to expect before downloading anything)."""
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("methods", help="list methods, the models they need and whether those are cached")
-    p.add_argument("--clip", default="ViT-B/16", help="CLIP model whose weights to look for")
+    p = sub.add_parser("methods", help="list methods, the weights they load (cached or not) and their reported mIoU")
+    p.add_argument("--clip", default=None, help="CLIP model whose weights to look for (default: each method's own)")
+    p.add_argument("--markdown", action="store_true", help="print the README's method table (Markdown)")
     p.set_defaults(func=run)
 
 
-NEEDS_KEYS = {"clip": lambda a: f"clip:{a.clip}", "vfm": lambda a: "dino_vitb8 (proxyclip) / dino_vitb16 (trident)",
-              "sam": lambda a: "sam:vit_b", "sd": lambda a: "sd21_base"}
-
-
-def _status(key: str) -> str:
+def _weights(method: str, clip) -> tuple[list[str], str]:
+    """(weight keys the method loads, 'cached' | 'missing: k1, k2')."""
     from .. import weights as W
-    keys = {"dino_vitb8 (proxyclip) / dino_vitb16 (trident)": ["dino_vitb8", "dino_vitb16"]}.get(key, [key])
-    try:
-        return "cached" if all(W.local_path(k) for k in keys) else "not cached"
-    except Exception:
-        return "?"
+    keys = W.keys_for_method(method) if clip is None else W.keys_for_method(method, clip=clip)
+    missing = [k for k in keys if W.status(k).state != "cached"]
+    return keys, ("cached" if not missing else "missing: " + ", ".join(missing))
+
+
+def _table(head: tuple, rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows)
 
 
 def run(args) -> int:
     from ..methods import list_methods
+    from ..methods.reported import BENCHMARKS, SOURCE, format_miou, reported
+    methods = list_methods()
+    if args.markdown:
+        print(markdown_table(methods))
+        return 0
     rows = []
-    for m in list_methods():
-        models = [NEEDS_KEYS[n](args) for n in m.needs]
-        rows.append((m.name, ", ".join(models), ", ".join(_status(k) for k in models), m.summary, m.repo))
-    head = ("method", "models", "weights", "what it does", "official code")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    for r in [head] + rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    for m in methods:
+        keys, state = _weights(m.name, args.clip)
+        rows.append((m.name, ", ".join(keys), state, m.summary))
+    print(_table(("method", "weights", "on this machine", "what it does"), rows))
+    print()
+    rows = []
+    for m in methods:
+        r = reported(m.name)
+        rows.append((m.name,) + tuple(format_miou(r.miou[b]) if r else "-" for b in BENCHMARKS)
+                    + ((r.note if r else "not in the survey's table"),))
+    print("reported mIoU (%) — " + SOURCE)
+    print(_table(("method",) + BENCHMARKS + ("note",), rows))
+    print("\n`ovss weights download --method NAME` fetches a method's weights.")
     return 0
+
+
+def markdown_table(methods) -> str:
+    """The README's table: name, models, paper, official code, and the reported mIoU on 8 benchmarks."""
+    from ..methods.reported import BENCHMARKS, format_miou, reported
+    models = {"clip": "CLIP", "vfm": "DINO / VFM", "sam": "SAM", "sd": "Stable Diffusion 2.1"}
+    head = ["`method=`", "models", "paper", "official code"] + list(BENCHMARKS)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        r = reported(m.name)
+        cells = [f"`{m.name}`", " + ".join(models[n] for n in m.needs), m.paper, m.repo]
+        cells += [format_miou(r.miou[b]) if r else "-" for b in BENCHMARKS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
