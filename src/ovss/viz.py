@@ -72,3 +72,86 @@ def overlay(image: np.ndarray, labels: np.ndarray, classes: Sequence[str], alpha
         d.text((W + 2 * pad + size, y), t, fill=(0, 0, 0), font=font)
         y += size + pad
     return canvas
+
+
+def _wrap(text: str, width_px: float, font, draw) -> list[str]:
+    """Greedy word wrap of `text` to lines no wider than `width_px` (a word longer than that is cut)."""
+    lines, cur = [], ""
+    for word in text.split():
+        trial = f"{cur} {word}".strip()
+        if draw.textlength(trial, font=font) <= width_px:
+            cur = trial
+            continue
+        if cur:
+            lines.append(cur)
+        cur = word
+        while draw.textlength(cur, font=font) > width_px and len(cur) > 1:   # a path or URL: cut it
+            n = len(cur) - 1
+            while n > 1 and draw.textlength(cur[:n], font=font) > width_px:
+                n -= 1
+            lines.append(cur[:n])
+            cur = cur[n:]
+    return lines + ([cur] if cur else [])
+
+
+def compare_grid(image: np.ndarray, cells: Sequence[tuple[str, Optional[np.ndarray], Sequence[str], str]],
+                 classes: Sequence[str], alpha: float = 0.5, cell_width: int = 360, max_cols: int = 4) -> Image.Image:
+    """Several label maps of one image side by side, with one shared legend.
+
+    cells: (title, labels (H, W) or None for a failed method, that method's class names per label value,
+    caption: the time, or the error message of a failed method). Colours follow the class *name*, so a method
+    that adds a class (CLIPer's background) keeps the others' colours; `classes` fixes the order of the legend
+    (names only some method adds come after)."""
+    names = list(dict.fromkeys(list(classes) + [n for _, lab, cls, _ in cells if lab is not None for n in cls]))
+    cols_all = palette(len(names) + 1)[1:]
+    colour = {n: cols_all[i] for i, n in enumerate(names)}
+    H, W = image.shape[:2]
+    cw = cell_width
+    ch = max(1, round(H * cw / W))
+    size = 15
+    font, bold = _font(size), _font(size + 2)
+    title_h, cap_h, pad = size + 10, 2 * size + 8, 8
+    ncols = max(1, min(max_cols, len(cells)))
+    nrows = (len(cells) + ncols - 1) // ncols
+    present: set = set()
+    tiles = []
+    small = np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((cw, ch), Image.BILINEAR))
+    for title, labels, cls, caption in cells:
+        if labels is None:
+            tile = Image.new("RGB", (cw, ch), (235, 235, 235))
+        else:
+            lab = np.asarray(Image.fromarray(np.asarray(labels, dtype=np.int32)).resize((cw, ch), Image.NEAREST))
+            used = np.unique(lab)
+            present.update(cls[k] if k < len(cls) else str(k) for k in used)
+            table = np.array([colour.get(cls[k] if k < len(cls) else str(k), (0, 0, 0))
+                              for k in range(max(len(cls), int(lab.max(initial=0)) + 1))], dtype=np.uint8)
+            tile = overlay(small, lab, cls, alpha=alpha, legend=False, colors=table)
+        tiles.append((title, tile, caption, labels is None))
+    legend = [n for n in names if n in present]
+    lw = 0
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    if legend:
+        lw = int(max(probe.textlength(n, font=font) for n in legend) + size + 3 * pad)
+    grid_w = ncols * (cw + pad) + pad
+    grid_h = nrows * (title_h + ch + cap_h + pad) + pad
+    canvas = Image.new("RGB", (grid_w + lw, max(grid_h, pad + len(legend) * (size + pad) + pad)), (255, 255, 255))
+    d = ImageDraw.Draw(canvas)
+    for i, (title, tile, caption, failed) in enumerate(tiles):
+        x = pad + (i % ncols) * (cw + pad)
+        y = pad + (i // ncols) * (title_h + ch + cap_h + pad)
+        d.text((x, y), title, fill=(0, 0, 0), font=bold)
+        canvas.paste(tile, (x, y + title_h))
+        if failed:
+            lines = _wrap(caption, cw - 2 * pad, font, d)[: max(1, (ch - 2 * pad) // (size + 4))]
+            for j, ln in enumerate(lines):
+                d.text((x + pad, y + title_h + pad + j * (size + 4)), ln, fill=(176, 0, 32), font=font)
+            d.text((x, y + title_h + ch + 4), "failed", fill=(176, 0, 32), font=font)
+        else:
+            d.text((x, y + title_h + ch + 4), caption, fill=(60, 60, 60), font=font)
+    y = pad
+    for n in legend:
+        d.rectangle([grid_w + pad, y, grid_w + pad + size, y + size], fill=tuple(int(v) for v in colour[n]),
+                    outline=(0, 0, 0))
+        d.text((grid_w + 2 * pad + size, y), n, fill=(0, 0, 0), font=font)
+        y += size + pad
+    return canvas
