@@ -224,3 +224,42 @@ def test_without_gradio_the_command_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)      # `import gradio` raises ImportError
     with pytest.raises(OvssError, match=r"pip install 'ovss\[app\]'"):
         A.build_app(A.AppConfig(clip="tiny-test", clip_weights="random"))
+
+
+# ------------------------------------------------------------------ compare tab (backend)
+def test_compare_runs_each_method_and_reports_a_failing_one(backend, monkeypatch):
+    monkeypatch.setenv("OVSS_OFFLINE", "1")   # proxyclip's DINO weights are missing: a message, the others go on
+    out = backend.compare(FROG, "frog, water, turtle", ["clip", "proxyclip", "sclip"], "tiny-test")
+    assert [r[0] for r in out.table] == ["clip", "proxyclip", "sclip"]
+    assert out.table[1][1] is None and out.table[1][2].startswith("failed: weights for DINO")
+    assert out.table[0][1] > 0 and "%" in out.table[0][2]
+    assert "2 of 3 methods ran" in out.status and "failed: proxyclip" in out.status
+    assert out.grid.size[0] > 2 * 360 and out.files[0].endswith("frog_compare.png")
+    info = json.load(open(out.files[1]))
+    assert [m["method"] for m in info["methods"]] == ["clip", "proxyclip", "sclip"]
+    # the same Segmenters as the Segment tab's (no preset): a later run of clip reuses it
+    seg, how = backend.segmenter("clip", "tiny-test", None, {}, backend.parse_classes("frog, water, turtle"))
+    assert how["segmenter"] == "reused"
+
+
+@pytest.mark.parametrize("methods, msg", [([], "no methods chosen"), (["nope"], "not offered here: nope")])
+def test_compare_bad_choices_are_messages(backend, methods, msg):
+    text, out = A.compare_or_message(backend, FROG, "frog", methods, "tiny-test")
+    assert out is None and msg in text and text.startswith("**Error:**")
+
+
+def test_model_cache_keeps_at_most_its_limit_least_recently_used_first(monkeypatch):
+    from ovss import api
+    saved = api._MODEL_CACHE.copy()
+    try:
+        api._MODEL_CACHE.clear()
+        monkeypatch.setattr(api, "MODEL_CACHE_LIMIT", 2)
+        loads = api.MODEL_LOADS
+        a = api._cached(("a",), lambda: object())
+        api._cached(("b",), lambda: object())
+        assert api._cached(("a",), lambda: pytest.fail("a is cached")) is a    # a is now the most recent
+        api._cached(("c",), lambda: object())                                   # evicts b, the least recent
+        assert list(api._MODEL_CACHE) == [("a",), ("c",)] and api.MODEL_LOADS == loads + 3
+    finally:
+        api._MODEL_CACHE.clear()
+        api._MODEL_CACHE.update(saved)

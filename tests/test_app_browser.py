@@ -225,3 +225,42 @@ def test_advanced_panel_passes_edited_parameters(page, server):
     page.keyboard.type("big")
     page.keyboard.press("Enter")
     assert "advanced parameter slide_crop: expected an integer, got 'big'" in _run(page, "slide_crop")
+
+
+def test_compare_tab_shows_a_grid_and_a_table(page, server):
+    page.locator("#ovss-tab-compare-button, button[role=tab]:has-text('Compare')").first.click()
+    remove = page.locator("#ovss-c-image button[aria-label='Remove Image']")
+    if remove.count():
+        remove.click()
+    page.locator("#ovss-c-image input[type=file]").set_input_files(os.path.join(SAMPLES, "horses_1024.jpg"))
+    page.wait_for_selector("#ovss-c-image img[src$='horses_1024.jpg']")
+    page.locator("#ovss-c-classes textarea").fill("sky, hill, tree, horse, grass")
+    boxes = page.locator("#ovss-c-methods label")
+    for name in ("clip", "sclip", "naclip", "proxyclip"):    # proxyclip: no DINO weights offline -> a failed cell
+        box = boxes.filter(has_text=name).first.locator("input")
+        if not box.is_checked():
+            box.check()
+    for name in [t.strip() for t in boxes.all_inner_texts()]:
+        if name not in ("clip", "sclip", "naclip", "proxyclip"):
+            box = boxes.filter(has_text=name).first.locator("input")
+            if box.is_checked():
+                box.uncheck()
+    page.locator("#ovss-c-run").click()
+    page.wait_for_function("() => document.querySelector('#ovss-c-status').innerText.includes('methods ran')")
+    status = page.locator("#ovss-c-status").inner_text()
+    assert "3 of 4 methods ran" in status and "failed: proxyclip" in status
+    grid = page.locator("#ovss-c-grid img")
+    expect(grid).to_be_visible()
+    w, h = grid.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert w > 2 * 360 and h > 2 * 200          # 2 x 2 cells + the legend
+    rows = page.locator("#ovss-c-table [role=row]").all()
+    cells = [[c.inner_text().strip() for c in r.locator("[role=gridcell]").all()] for r in rows]
+    cells = [c for c in cells if c]
+    assert sorted(c[0] for c in cells) == ["clip", "naclip", "proxyclip", "sclip"]
+    failed = next(c for c in cells if c[0] == "proxyclip")
+    assert "failed" in failed[2] and "ovss weights download dino_vitb8" in failed[2]
+    assert all(float(c[1]) > 0 for c in cells if c[0] != "proxyclip")
+    links = page.locator("#ovss-c-files a")
+    expect(links).to_have_count(2)
+    shot = _shot(page, "app_compare.png")
+    assert os.path.getsize(shot) > 10_000

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Union
 
@@ -15,13 +16,25 @@ from .methods import get_method
 from .methods.base import Models, Prediction
 from .text import ClassList, parse_classes
 
-_MODEL_CACHE: dict = {}   # loaded backbones shared by Segmenters in one process (one per model/weights/device)
+# loaded backbones shared by Segmenters in one process (one per model/weights/device/dtype), least recently used
+# first; at most MODEL_CACHE_LIMIT are kept (env OVSS_MODEL_CACHE), so a long-running process (the app, a compare
+# over every method) holds a bounded number of models (a Segmenter keeps its own models alive while it exists)
+_MODEL_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
+MODEL_CACHE_LIMIT = max(1, int(os.environ.get("OVSS_MODEL_CACHE", "8") or 8))
+MODEL_LOADS = 0           # models built so far in this process (the app reports "1 loaded" from it)
 
 
 def _cached(key: tuple, build):
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = build()
-    return _MODEL_CACHE[key]
+    global MODEL_LOADS
+    if key in _MODEL_CACHE:
+        _MODEL_CACHE.move_to_end(key)
+        return _MODEL_CACHE[key]
+    model = build()
+    MODEL_LOADS += 1
+    _MODEL_CACHE[key] = model
+    while len(_MODEL_CACHE) > MODEL_CACHE_LIMIT:
+        _MODEL_CACHE.popitem(last=False)
+    return model
 
 
 def clear_model_cache() -> None:

@@ -45,6 +45,7 @@ NO_PRESET = "none"   # the method's settings for your own images (no benchmark p
 HIDDEN_PARAMS = frozenset({"class_format", "classes_file", "background_file"})   # classes come from the text box
 PARAM_HEADERS = ["parameter", "value", "default", "type", "what it does"]
 TABLE_HEADERS = ["label", "class", "colour", "area %", "score"]
+COMPARE_HEADERS = ["method", "seconds", "main classes (area %) or the error"]
 KEEP_RUNS = 16   # output folders kept on disk (older ones are deleted)
 
 
@@ -235,6 +236,15 @@ class RunOutput:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class CompareOutput:
+    grid: Any                         # PIL image: one overlay per method, names and times, one legend
+    table: list[list]                 # COMPARE_HEADERS rows, in the order of the methods
+    files: list[str]                  # [grid PNG, JSON]
+    status: str                       # markdown
+    runs: list = field(default_factory=list, repr=False)
+
+
 def _noop_progress(*_a, **_k):
     return None
 
@@ -300,7 +310,7 @@ class Backend:
                 self._segmenters.move_to_end(key)
                 return self._segmenters[key], {"segmenter": "reused", "models": "already loaded",
                                                "text": "cached"}
-            n_models = len(api._MODEL_CACHE)
+            n_models = api.MODEL_LOADS
             n_text = sum(len(t) for t in encoder._MEMORY.values())
             t0 = time.perf_counter()
             seg = api.Segmenter(method=method, classes=classes, clip=clip, clip_weights=cfg.weights_for(clip),
@@ -308,7 +318,7 @@ class Backend:
                                 sd_weights=cfg.sd_weights, device=cfg.device, dtype=cfg.dtype, preset=preset,
                                 **overrides)
             dt = time.perf_counter() - t0
-            new_models = len(api._MODEL_CACHE) - n_models
+            new_models = api.MODEL_LOADS - n_models
             new_text = sum(len(t) for t in encoder._MEMORY.values()) - n_text
             self._segmenters[key] = seg
             while len(self._segmenters) > max(1, cfg.cache_size):
@@ -343,6 +353,52 @@ class Backend:
         out.status = " ".join(parts)
         out.info = {**how, "segment_s": t_seg, "overrides": overrides}
         return out
+
+    def compare(self, image_path: Optional[str], classes_text: Optional[str], methods: Optional[list], clip: str,
+                progress: Callable = _noop_progress) -> "CompareOutput":
+        """Several methods on one image, each with its settings for a user's own images (no preset): a grid of
+        their overlays with one legend, a table (method, time, main classes or the error) and the JSON."""
+        from .compare import compare, compare_dict
+        from .viz import compare_grid
+        t0 = time.perf_counter()
+        img = self.check_image(image_path)
+        classes = self.parse_classes(classes_text)
+        methods = [m for m in (methods or []) if m]
+        if not methods:
+            raise InputError("no methods chosen: tick at least one method to compare")
+        offered = self.config.method_names()
+        unknown = [m for m in methods if m not in offered]
+        if unknown:
+            raise InputError(f"method(s) not offered here: {', '.join(unknown)}")
+
+        def on_start(m, i):
+            progress((i + 0.1) / len(methods), desc=f"{m} ({i + 1} of {len(methods)})")
+
+        runs = compare(img, methods, lambda m: self.segmenter(m, clip, None, {}, classes)[0], on_start)
+        ok = [r for r in runs if r.result is not None]
+        names = next((r.result.classes for r in ok), list(classes.names))
+        cells = [(r.method, r.result.labels if r.result is not None else None,
+                  r.result.classes if r.result is not None else [],
+                  f"{r.seconds:.2f} s" if r.error is None else r.error) for r in runs]
+        grid = compare_grid(img.rgb, cells, names, max_cols=2)   # two columns: readable in the page
+        table = []
+        for r in runs:
+            if r.result is None:
+                table.append([r.method, None, "failed: " + r.error])
+                continue
+            top = sorted(r.result.areas.items(), key=lambda kv: -kv[1])[:4]
+            table.append([r.method, round(r.seconds, 3), ", ".join(f"{c} {a * 100:.1f}%" for c, a in top)])
+        folder = self._new_run_dir()
+        stem = os.path.splitext(img.name)[0] or "image"
+        js = os.path.join(folder, f"{stem}_compare.json")
+        with open(js, "w") as f:
+            json.dump({**compare_dict(img.name, names, runs), "clip": clip}, f, indent=2)
+        png = os.path.join(folder, f"{stem}_compare.png")
+        grid.save(png)
+        status = (f"**Done**: {len(ok)} of {len(runs)} methods ran on {clip} in {time.perf_counter() - t0:.2f} s"
+                  + ("" if len(ok) == len(runs) else
+                     f"; failed: {', '.join(r.method for r in runs if r.result is None)} (see the table)") + ".")
+        return CompareOutput(grid=grid, table=table, files=[png, js], status=status, runs=runs)
 
     def _render(self, res, seg, img, method, clip, preset, overrides) -> RunOutput:
         from PIL import Image
@@ -397,18 +453,28 @@ def error_message(exc: BaseException) -> str:
             f"log; the app is still running — change the input and try again.")
 
 
-def run_or_message(backend: Backend, *args, progress: Callable = _noop_progress) -> tuple[str, Optional[RunOutput]]:
-    """(status markdown, output or None): :meth:`Backend.run` with every exception turned into a message for the
-    page (an OvssError's own text; anything else a generic line, its traceback in the server log)."""
+def _or_message(fn: Callable, *args, progress: Callable = _noop_progress):
+    """(status markdown, output or None): `fn(*args)` with every exception turned into a message for the page (an
+    OvssError's own text; anything else a generic line, its traceback in the server log)."""
     try:
-        out = backend.run(*args, progress=progress)
+        out = fn(*args, progress=progress)
     except Exception as e:  # noqa: BLE001 - the page shows a message, the log the traceback
         if isinstance(e, OvssError):
             log.info("ovss app: %s", e)
         else:
-            log.exception("ovss app: run failed")
+            log.exception("ovss app: %s failed", getattr(fn, "__name__", "run"))
         return error_message(e), None
     return out.status, out
+
+
+def run_or_message(backend: Backend, *args, progress: Callable = _noop_progress) -> tuple[str, Optional[RunOutput]]:
+    """:meth:`Backend.run` -> (status markdown, RunOutput or None)."""
+    return _or_message(backend.run, *args, progress=progress)
+
+
+def compare_or_message(backend: Backend, *args, progress: Callable = _noop_progress):
+    """:meth:`Backend.compare` -> (status markdown, CompareOutput or None)."""
+    return _or_message(backend.compare, *args, progress=progress)
 
 
 def method_summary(method: str) -> str:
@@ -421,10 +487,10 @@ def method_summary(method: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- the page
 CSS = """
-#ovss-status p { margin: 0.2em 0; }
-#ovss-status.error { border-left: 4px solid #b00020; padding-left: 0.6em; }
-#ovss-status.error, #ovss-status.error * { color: #b00020 !important; }
-#ovss-status.ok { border-left: 4px solid #2e7d32; padding-left: 0.6em; }
+#ovss-status p, #ovss-c-status p { margin: 0.2em 0; }
+#ovss-status.error, #ovss-c-status.error { border-left: 4px solid #b00020; padding-left: 0.6em; }
+#ovss-status.error, #ovss-status.error *, #ovss-c-status.error, #ovss-c-status.error * { color: #b00020 !important; }
+#ovss-status.ok, #ovss-c-status.ok { border-left: 4px solid #2e7d32; padding-left: 0.6em; }
 """
 
 
@@ -484,44 +550,73 @@ def build_app(config: AppConfig, backend: Optional[Backend] = None):
                     "Upload an image (or pick a sample), type the classes, choose a method and run. Classes: "
                     "`horse, grass, sky` are three classes; with `;` or one class per line, commas give synonyms "
                     "(`horse; grass, lawn; sky`).")
-        with gr.Row():
-            with gr.Column(scale=1):
-                image = _image_input(gr, **_kw(gr.Image.__init__, label="Image", type="filepath", image_mode=None,
-                                               sources=["upload", "clipboard"], elem_id="ovss-image", height=320))
-                classes = gr.Textbox(label="Classes", lines=3, elem_id="ovss-classes",
-                                     placeholder="horse, grass, sky   (or one class per line: horse / grass, lawn / sky)")
+        with gr.Tabs(elem_id="ovss-tabs"):
+            with gr.Tab("Segment", elem_id="ovss-tab-segment"):
                 with gr.Row():
-                    method = gr.Dropdown(methods, value=config.method, label="Method", elem_id="ovss-method")
-                    clip = gr.Dropdown(config.clip_choices(), value=config.clip, label="CLIP model",
-                                       elem_id="ovss-clip")
-                    preset = gr.Dropdown(preset_choices(config.method), value=NO_PRESET, label="Preset",
-                                         elem_id="ovss-preset")
-                about = gr.Markdown(method_summary(config.method), elem_id="ovss-about")
-                with gr.Accordion("Advanced: hyper-parameters of the method", open=False, elem_id="ovss-advanced"):
-                    gr.Markdown("Edit the **value** column; a value that differs from the default of the preset "
-                                "is passed to the method (like `ovss segment --set name=value`).")
-                    params = gr.Dataframe(**_kw(gr.Dataframe.__init__, value=param_rows(config.method, None),
-                                                headers=PARAM_HEADERS, datatype=["str"] * 5, type="array",
-                                                interactive=True, static_columns=[0, 2, 3, 4],
-                                                column_widths=["24%", "14%", "14%", "12%", "36%"], wrap=True,
-                                                elem_id="ovss-params", label="Hyper-parameters"))
-                    reset = gr.Button("Reset to the preset's defaults", size="sm")
-                run = gr.Button("Segment", variant="primary", elem_id="ovss-run")
-                gr.Examples(examples=[[os.path.join(SAMPLES_DIR, f), c] for f, c in SAMPLES],
-                            inputs=[image, classes], label="Samples (click one)", **_kw(gr.Examples.__init__,
-                                                                                       cache_examples=False))
-            with gr.Column(scale=1):
-                status = gr.Markdown("Ready.", elem_id="ovss-status")
-                overlay = gr.Image(label="Overlay with legend", type="pil", interactive=False,
-                                   elem_id="ovss-overlay", format="png", height=420)
-                labels = gr.Image(label="Label map", type="pil", interactive=False, elem_id="ovss-labels",
-                                  format="png", height=300)
-                table = gr.Dataframe(**_kw(gr.Dataframe.__init__, headers=TABLE_HEADERS,
-                                           datatype=["number", "str", "str", "number", "number"], type="array",
-                                           interactive=False, label="Classes: area and mean score",
-                                           elem_id="ovss-table"))
-                files = gr.File(label="Downloads: label PNG (pixel value = class index) and JSON",
-                                file_count="multiple", interactive=False, elem_id="ovss-files")
+                    with gr.Column(scale=1):
+                        image = _image_input(gr, **_kw(gr.Image.__init__, label="Image", type="filepath", image_mode=None,
+                                                       sources=["upload", "clipboard"], elem_id="ovss-image", height=320))
+                        classes = gr.Textbox(label="Classes", lines=3, elem_id="ovss-classes",
+                                             placeholder="horse, grass, sky   (or one class per line: horse / grass, lawn / sky)")
+                        with gr.Row():
+                            method = gr.Dropdown(methods, value=config.method, label="Method", elem_id="ovss-method")
+                            clip = gr.Dropdown(config.clip_choices(), value=config.clip, label="CLIP model",
+                                               elem_id="ovss-clip")
+                            preset = gr.Dropdown(preset_choices(config.method), value=NO_PRESET, label="Preset",
+                                                 elem_id="ovss-preset")
+                        about = gr.Markdown(method_summary(config.method), elem_id="ovss-about")
+                        with gr.Accordion("Advanced: hyper-parameters of the method", open=False, elem_id="ovss-advanced"):
+                            gr.Markdown("Edit the **value** column; a value that differs from the default of the preset "
+                                        "is passed to the method (like `ovss segment --set name=value`).")
+                            params = gr.Dataframe(**_kw(gr.Dataframe.__init__, value=param_rows(config.method, None),
+                                                        headers=PARAM_HEADERS, datatype=["str"] * 5, type="array",
+                                                        interactive=True, static_columns=[0, 2, 3, 4],
+                                                        column_widths=["24%", "14%", "14%", "12%", "36%"], wrap=True,
+                                                        elem_id="ovss-params", label="Hyper-parameters"))
+                            reset = gr.Button("Reset to the preset's defaults", size="sm")
+                        run = gr.Button("Segment", variant="primary", elem_id="ovss-run")
+                        gr.Examples(examples=[[os.path.join(SAMPLES_DIR, f), c] for f, c in SAMPLES],
+                                    inputs=[image, classes], label="Samples (click one)", **_kw(gr.Examples.__init__,
+                                                                                               cache_examples=False))
+                    with gr.Column(scale=1):
+                        status = gr.Markdown("Ready.", elem_id="ovss-status")
+                        overlay = gr.Image(label="Overlay with legend", type="pil", interactive=False,
+                                           elem_id="ovss-overlay", format="png", height=420)
+                        labels = gr.Image(label="Label map", type="pil", interactive=False, elem_id="ovss-labels",
+                                          format="png", height=300)
+                        table = gr.Dataframe(**_kw(gr.Dataframe.__init__, headers=TABLE_HEADERS,
+                                                   datatype=["number", "str", "str", "number", "number"], type="array",
+                                                   interactive=False, label="Classes: area and mean score",
+                                                   elem_id="ovss-table"))
+                        files = gr.File(label="Downloads: label PNG (pixel value = class index) and JSON",
+                                        file_count="multiple", interactive=False, elem_id="ovss-files")
+            with gr.Tab("Compare", elem_id="ovss-tab-compare"):
+                gr.Markdown("Run several methods on one image, each with its settings for your own images (no "
+                            "preset), and see them side by side with one legend. Methods load on first use.")
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        c_image = _image_input(gr, **_kw(gr.Image.__init__, label="Image", type="filepath",
+                                                         image_mode=None, sources=["upload", "clipboard"],
+                                                         elem_id="ovss-c-image", height=280))
+                        c_classes = gr.Textbox(label="Classes", lines=2, elem_id="ovss-c-classes",
+                                               placeholder="horse, grass, sky")
+                        c_methods = gr.CheckboxGroup(methods, value=methods[: min(3, len(methods))],
+                                                     label="Methods", elem_id="ovss-c-methods")
+                        c_clip = gr.Dropdown(config.clip_choices(), value=config.clip, label="CLIP model",
+                                             elem_id="ovss-c-clip")
+                        c_run = gr.Button("Compare", variant="primary", elem_id="ovss-c-run")
+                        gr.Examples(examples=[[os.path.join(SAMPLES_DIR, f), c] for f, c in SAMPLES],
+                                    inputs=[c_image, c_classes], label="Samples (click one)",
+                                    **_kw(gr.Examples.__init__, cache_examples=False))
+                    with gr.Column(scale=2):
+                        c_status = gr.Markdown("Choose the methods and press Compare.", elem_id="ovss-c-status")
+                        c_grid = gr.Image(label="Side by side", type="pil", interactive=False,
+                                          elem_id="ovss-c-grid", format="png")
+                        c_table = gr.Dataframe(**_kw(gr.Dataframe.__init__, headers=COMPARE_HEADERS,
+                                                     datatype=["str", "number", "str"], type="array",
+                                                     interactive=False, label="Per method", elem_id="ovss-c-table"))
+                        c_files = gr.File(label="Downloads: the grid PNG and the JSON (areas, scores, times)",
+                                          file_count="multiple", interactive=False, elem_id="ovss-c-files")
 
         def on_method(m):
             return (gr.update(choices=preset_choices(m), value=NO_PRESET), param_rows(m, None), method_summary(m))
@@ -547,6 +642,15 @@ def build_app(config: AppConfig, backend: Optional[Backend] = None):
                   **_kw(run.click, concurrency_limit=1, show_progress="full"))
         classes.submit(on_run, [image, classes, method, clip, preset, params],
                        [status, overlay, labels, table, files], **_kw(classes.submit, concurrency_limit=1))
+
+        def on_compare(img, cls_text, ms, c, progress=gr.Progress(track_tqdm=True)):
+            msg, out = compare_or_message(backend, img, cls_text, ms, c, progress=progress)
+            if out is None:
+                return gr.update(value=msg, elem_classes=["error"]), None, None, None
+            return gr.update(value=msg, elem_classes=["ok"]), out.grid, out.table, out.files
+
+        c_run.click(on_compare, [c_image, c_classes, c_methods, c_clip], [c_status, c_grid, c_table, c_files],
+                    **_kw(c_run.click, concurrency_limit=1, show_progress="full"))
     demo._ovss_backend = backend
     return demo
 
