@@ -133,9 +133,11 @@ class VFM(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # -- forward ---------------------------------------------------------------------------------
-    def tokens(self, x: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor, size: Optional[int] = None, stop: Optional[int] = None) -> torch.Tensor:
         """All tokens (class, registers, patches) after the final norm: (B, 1 + R + h*w, D).
-        `size`: MAE's fixed square input (default: ``input_size``); ignored by the others."""
+        `size`: MAE's fixed square input (default: ``input_size``); ignored by the others.
+        `stop`: run blocks 0..stop-1 only and return their output without the final norm (CorrCLIP reads the
+        last block's qkv)."""
         v = self.vit
         x = x.to(v.pos_embed.dtype)
         if self.cfg.fixed_input:
@@ -150,9 +152,9 @@ class VFM(nn.Module):
         t = t + self.pos_embed(h, w, square=(H == W))
         if self.register_tokens is not None:
             t = torch.cat([t[:, :1], self.register_tokens.expand(B, -1, -1), t[:, 1:]], dim=1)
-        for blk in v.blocks:
+        for blk in v.blocks[:stop]:
             t = blk(t)
-        return v.norm(t)
+        return v.norm(t) if stop is None else t
 
     def grid(self, H: int, W: int, size: Optional[int] = None) -> tuple[int, int]:
         """Patch grid of the features for an H x W input."""
