@@ -144,6 +144,9 @@ class ClipBackbone(nn.Module):
         A: bicubic with scale factors ((h+0.1)/G, (w+0.1)/G) passed to the kernel; skipped (used as is) whenever
            h*w == G*G, like the official CLIP-side code.
         B: bilinear to size (h, w), then the whole embedding rounded through fp16 (CLIPer).
+        D: bicubic to size with antialias=True (PIL-style, a = -0.5, also when up-sampling); skipped whenever
+           h*w == G*G (GEM).
+        S: bilinear to size (h, w); skipped at the G x G grid (CLIP Surgery's in-place resize, done once per grid).
         """
         key = (h, w, mode)
         if key in self._pe_cache:
@@ -163,6 +166,13 @@ class ClipBackbone(nn.Module):
         elif mode == "B":
             grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
             out = torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(h * w, -1)]).half().float()
+        elif mode in ("D", "S"):
+            if (mode == "D" and h * w == G * G) or (h, w) == (G, G):
+                out = pe
+            else:
+                grid = (F.interpolate(grid, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+                        if mode == "D" else F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False))
+                out = torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(h * w, -1)])
         else:
             raise ValueError(f"unknown positional-embedding mode {mode!r}")
         out = out.to(self.dtype)

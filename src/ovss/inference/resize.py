@@ -44,3 +44,10 @@ def clip_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
     return ((x - mean) / std)[None]
+
+
+def pil_warp_to_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """torchvision `Resize((size, size), BICUBIC)` on the PIL image (aspect ratio not kept, PIL's antialiased
+    bicubic), ToTensor, CLIP mean/std, as GEM and CLIP Surgery preprocess: uint8 (H, W, 3) -> (1, 3, S, S)."""
+    from PIL import Image
+    return clip_to_tensor(np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC)))

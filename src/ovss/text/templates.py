@@ -12,6 +12,8 @@ NAMED = {
     "imagenet": "imagenet_templates.txt",
     "cliper_car": "cliper_car_templates.txt",
     "imagenet_subset7": "imagenet_templates_subset7.txt",
+    "photo": "photo_template.txt",
+    "clip_surgery": "clip_surgery_templates.txt",
 }
 
 
