@@ -117,10 +117,11 @@ def save_image(path: Path, rng: np.random.Generator, h: int, w: int) -> None:
 
 def make_dataset(root: Path, key: str, layout: str = "mmseg", n: int = 4, size: tuple = (24, 32), seed: int = 0,
                  sizes: list | None = None) -> dict:
-    """Write ``n`` images + annotations of ``key`` under ``root``; returns {stem: raw label map as written}."""
+    """Write ``n`` images + annotations of ``key`` under ``root``; returns {stem: raw label map as written}. Beyond the
+    layout's real file names, more stems are made up in the same pattern (``<first stem>_<i>``)."""
     spec = LAYOUT_SPECS[layout][key]
     rng = np.random.default_rng(seed)
-    stems = spec.stems[:n]
+    stems = list(spec.stems[:n]) + [f"{spec.stems[0]}_{i}" for i in range(max(0, n - len(spec.stems)))]
     raws = {}
     for i, s in enumerate(stems):
         h, w = sizes[i] if sizes else size

@@ -16,7 +16,9 @@ import signal
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -56,6 +58,7 @@ class EvalConfig:
     device: Optional[str] = None
     overrides: dict = field(default_factory=dict)
     skip_bad: bool = False
+    prefetch: int = 2                     # background threads reading the next images + ground truths (0 = none)
 
     @property
     def effective_preset(self) -> str:
@@ -145,13 +148,63 @@ def _to_labels(pred) -> torch.Tensor:
     return t.to(torch.int64)
 
 
-def _predict(seg, image: Path) -> torch.Tensor:
+def _predict(seg, image) -> torch.Tensor:
+    """Labels for one image (a path, or a LoadedImage decoded ahead by a prefetch worker)."""
     try:
-        return _to_labels(seg.predict(str(image)))
+        return _to_labels(seg.predict(image if not isinstance(image, Path) else str(image)))
     except DataError:
         raise
     except (InputError, OSError) as e:
-        raise DataError(f"cannot read image {image}: {e}", image, "corrupt") from None
+        path = getattr(image, "path", image)
+        raise DataError(f"cannot read image {path}: {e}", path, "corrupt") from None
+
+
+def _read_sample(ds: SegDataset, s, decode: bool):
+    """(ground truth, image) of one sample, as a prefetch worker reads it while the model runs: the image is decoded
+    (`decode`: the segmenter is an ovss.Segmenter, which takes decoded images) or left as its path; None when the
+    ground truth has no labelled pixel (the model is skipped). Errors surface when the main loop takes the result."""
+    gt = ds.load_gt(s)
+    ds.validate(s, gt)
+    if not np.any(gt != ds.ignore_index):
+        return gt, None
+    if not decode:
+        return gt, s.image
+    from ..images import load_image
+    try:
+        return gt, load_image(str(s.image))
+    except (InputError, OSError) as e:
+        raise DataError(f"cannot read image {s.image}: {e}", s.image, "corrupt") from None
+
+
+def _ahead(fn: Callable, items: list, workers: int):
+    """Yield (item, Future of fn(item)) in order; with `workers` > 0 threads compute up to 2 x workers items ahead
+    (decoding releases the GIL), otherwise each is computed when it is taken. Pending work is cancelled when the
+    consumer stops (an interrupt)."""
+    if workers <= 0:
+        for it in items:
+            f: Future = Future()
+            try:
+                f.set_result(fn(it))
+            except Exception as e:  # noqa: BLE001 - re-raised by the consumer, in order
+                f.set_exception(e)
+            yield it, f
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ovss-prefetch")
+    try:
+        queue: deque = deque()
+        it = iter(items)
+        for x in it:
+            queue.append((x, pool.submit(fn, x)))
+            if len(queue) >= 2 * workers:
+                break
+        while queue:
+            x, f = queue.popleft()
+            nxt = next(it, None) if len(queue) < 2 * workers else None
+            if nxt is not None:
+                queue.append((nxt, pool.submit(fn, nxt)))
+            yield x, f
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Broadcast(Exception):
@@ -232,16 +285,18 @@ def evaluate(cfg: EvalConfig, out_dir, *, resume: bool = False, overwrite: bool 
         bar = tqdm(total=len(mine), unit="img", desc=f"{cfg.method}/{cfg.dataset}" +
                    (f" [rank 0/{info.world_size}]" if info.active else ""), dynamic_ncols=True, smoothing=0.05)
     try:
-        with _sigterm_as_interrupt():
-            for n, idx in enumerate(mine):
+        from ..api import Segmenter
+        decode = isinstance(seg, Segmenter)
+        reader = _ahead(lambda i: _read_sample(ds, samples[i], decode), mine, cfg.prefetch)
+        with _sigterm_as_interrupt(), closing(reader):
+            for n, (idx, ahead) in enumerate(reader):
                 s = samples[idx]
                 try:
-                    gt = ds.load_gt(s)
-                    ds.validate(s, gt)
-                    if not np.any(gt != ds.ignore_index):
+                    gt, image = ahead.result()
+                    if image is None:
                         sess.empty += 1           # contributes nothing to any metric: skip the model
                     else:
-                        pred = _predict(seg, s.image)
+                        pred = _predict(seg, image)
                         if target_transform is not None:
                             gt = np.asarray(target_transform(gt))
                         if offset:
