@@ -35,7 +35,7 @@ def pamr(image: torch.Tensor, mask: torch.Tensor, iters: int = 10, dilations: Se
         n = 0
         for d in dilations:
             for s in _shifts(m, d):
-                out += aff[:, n:n + 1] * s
+                out.addcmul_(aff[:, n:n + 1], s)   # fused: no (B, Q, H, W) temporary per neighbour
                 n += 1
         m = out
     return m

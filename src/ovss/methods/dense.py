@@ -82,7 +82,10 @@ class DenseMethod(Method):
     # ------------------------------------------------------------------ shared pipeline
     def cosine_grid(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> cosine logits on the patch grid (B, Q, h, w)."""
-        f, h, w = self.patch_features(x)
+        return self.features_cosine(*self.patch_features(x))
+
+    def features_cosine(self, f: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Patch features (B, h*w, E) -> cosine logits with the text classifier on the grid (B, Q, h, w)."""
         f = f / f.norm(dim=-1, keepdim=True)
         logits = f @ self.text.T.to(f.dtype)
         return logits.transpose(1, 2).reshape(f.shape[0], -1, h, w)
