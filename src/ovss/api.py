@@ -69,12 +69,13 @@ class Segmenter:
     """Segment images by class names with a training-free method.
 
     Parameters follow spec/api.md: `method`, `classes` (list / file / None for the preset's official file),
-    `clip` ("ViT-B/16", "ViT-L/14", "ViT-H/14"), `clip_weights` (None downloads, a path, "random"), `vfm`,
+    `clip` ("ViT-B/16", "ViT-L/14", "ViT-H/14", "MetaCLIP-B/16"; None = the method's default CLIP, e.g. MetaCLIP-B/16
+    for corrclip, else ViT-B/16), `clip_weights` (None downloads, a path, "random"), `vfm`,
     `vfm_weights`, `sam`, `sam_weights`, `sd_weights`, `device` (None: cuda -> mps -> cpu), `dtype` (None: fp32 on
     CPU, fp16 on GPU), `preset` (a benchmark protocol or None) and any hyper-parameter of the method by name.
     """
 
-    def __init__(self, method: str = "sclip", classes: Any = None, clip: str = "ViT-B/16",
+    def __init__(self, method: str = "sclip", classes: Any = None, clip: Optional[str] = None,
                  clip_weights: Optional[Union[str, os.PathLike]] = None, vfm: Optional[str] = None,
                  vfm_weights: Optional[Union[str, os.PathLike]] = None, sam: str = "vit_b",
                  sam_weights: Optional[Union[str, os.PathLike]] = None,
@@ -86,6 +87,8 @@ class Segmenter:
         if class_format is not None:
             overrides["class_format"] = class_format
         self.params = cls.resolve_params(preset, overrides)
+        from .backbones.clip import clip_for
+        self.clip_name = clip_for(cls, clip)   # the CLIP model actually loaded (canonical name)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         if classes is None:
@@ -95,7 +98,7 @@ class Segmenter:
                                  "which brings its official class file)")
         self.class_list: ClassList = (classes if isinstance(classes, ClassList)
                                       else parse_classes(classes, self.params.class_format))
-        models = self._load_models(cls, clip, clip_weights, vfm, vfm_weights, sam, sam_weights, sd_weights)
+        models = self._load_models(cls, self.clip_name, clip_weights, vfm, vfm_weights, sam, sam_weights, sd_weights)
         self.method = cls(self.params, models, self.class_list)
         # a method may complete the list (CLIPer puts a "background" class 0 in front of a list without one)
         self.class_list = getattr(self.method, "class_list", None) or self.class_list
@@ -142,7 +145,8 @@ class Segmenter:
 
     def config(self) -> dict:
         """Everything that determines the output (for result files)."""
-        return {"method": self.method_name, "preset": self.preset, "params": asdict(self.params),
+        return {"method": self.method_name, "preset": self.preset, "clip": self.clip_name,
+                "params": asdict(self.params),
                 "classes": self.classes, "queries": list(self.class_list.queries),
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
 

@@ -46,6 +46,10 @@ SPECS: dict[str, WeightSpec] = {s.key: s for s in [
     WeightSpec("clip:ViT-H/14", "OpenCLIP ViT-H/14 (laion2b_s32b_b79k)", "clip_weights",
                "open_clip_pytorch_model.bin", hf_repo="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
                hf_files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), size_mb=3940),
+    WeightSpec("clip:MetaCLIP-B/16", "MetaCLIP ViT-B/16 (fullcc 2.5B, QuickGELU; CorrCLIP's CLIP)", "clip_weights",
+               "b16_fullcc2.5b.pt", hf_repo="timm/vit_base_patch16_clip_224.metaclip_2pt5b",
+               hf_files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), size_mb=599,
+               aliases=("metaclip_fullcc", "clip:metaclip_fullcc")),
     WeightSpec("dino_vits8", "DINO ViT-S/8", "vfm_weights", "dino_deitsmall8_pretrain.pth",
                url=f"{_FB}/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth", size_mb=83),
     WeightSpec("dino_vits16", "DINO ViT-S/16", "vfm_weights", "dino_deitsmall16_pretrain.pth",
@@ -64,6 +68,9 @@ SPECS: dict[str, WeightSpec] = {s.key: s for s in [
                url=f"{_FB}/segment_anything/sam_vit_l_0b3195.pth", size_mb=1250),
     WeightSpec("sam:vit_h", "Segment Anything ViT-H", "sam_weights", "sam_vit_h_4b8939.pth",
                url=f"{_FB}/segment_anything/sam_vit_h_4b8939.pth", size_mb=2450),
+    WeightSpec("sam2:hiera_l", "SAM 2 Hiera-L (CorrCLIP's mask generator)", "mask_generator_weights",
+               "sam2_hiera_large.pt", url=f"{_FB}/segment_anything_2/072824/sam2_hiera_large.pt", size_mb=898,
+               aliases=("sam2", "sam2_hiera_large")),
     WeightSpec("sd21_base", "Stable Diffusion 2.1-base (diffusers folder)", "sd_weights",
                "stable-diffusion-2-1-base/", hf_repo="stabilityai/stable-diffusion-2-1-base", size_mb=5200,
                hf_allow=("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json",
@@ -189,13 +196,17 @@ def list_status() -> list[WeightStatus]:
     return [status(k) for k in SPECS]
 
 
-def keys_for_method(method: str, clip: str = "ViT-B/16", sam: str = "vit_b") -> list[str]:
-    """The registry keys a method loads with its default settings (and the proxy models of its presets)."""
+def keys_for_method(method: str, clip: Optional[str] = None, sam: str = "vit_b") -> list[str]:
+    """The registry keys a method loads with its default settings (and the proxy models of its presets).
+    `clip` None = the method's default CLIP (its ``default_clip``, else ViT-B/16); a method with a
+    ``mask_generator`` parameter (CorrCLIP) also lists that generator's weights."""
     from .methods import get_method
     cls = get_method(method)
     keys: list[str] = []
     if "clip" in cls.needs:
         from .backbones.clip import ALIASES as CLIP_ALIASES
+        from .backbones.clip import DEFAULT_CLIP
+        clip = clip or getattr(cls, "default_clip", None) or DEFAULT_CLIP
         name = CLIP_ALIASES.get(clip, clip)
         if f"clip:{name}" not in SPECS:
             raise WeightsError(f"unknown CLIP model {clip!r}; known: "
@@ -209,6 +220,10 @@ def keys_for_method(method: str, clip: str = "ViT-B/16", sam: str = "vit_b") -> 
         keys.append(f"sam:{sam}")
     if "sd" in cls.needs:
         keys.append("sd21_base")
+    kind = getattr(cls.resolve_params(None, {}), "mask_generator", None)
+    if kind:
+        from .backbones.mask_generator import weights_key
+        keys.append(weights_key(kind))
     return list(dict.fromkeys(keys))
 
 

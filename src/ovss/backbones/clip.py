@@ -23,10 +23,14 @@ ARCHS = {
     "ViT-B/16": ("ViT-B-16-quickgelu", "clip:ViT-B/16"),
     "ViT-L/14": ("ViT-L-14-quickgelu", "clip:ViT-L/14"),
     "ViT-H/14": ("ViT-H-14", "clip:ViT-H/14"),
+    "MetaCLIP-B/16": ("ViT-B-16-quickgelu", "clip:MetaCLIP-B/16"),   # OpenAI's B/16 architecture, MetaCLIP weights
     "tiny-test": (None, None),   # a small random CLIP (2 blocks) for fast tests
 }
 ALIASES = {"ViT-B-16": "ViT-B/16", "ViT-L-14": "ViT-L/14", "ViT-H-14": "ViT-H/14", "vit_b16": "ViT-B/16",
-           "vit_l14": "ViT-L/14", "vit_h14": "ViT-H/14"}
+           "vit_l14": "ViT-L/14", "vit_h14": "ViT-H/14", "MetaCLIP-B-16": "MetaCLIP-B/16",
+           "metaclip_b16": "MetaCLIP-B/16", "metaclip_fullcc": "MetaCLIP-B/16",
+           "ViT-B-16-quickgelu:metaclip_fullcc": "MetaCLIP-B/16"}
+DEFAULT_CLIP = "ViT-B/16"   # what a Segmenter loads when neither the user nor the method names a CLIP model
 
 # OpenAI CLIP normalisation (the [0, 1] constants; mmseg uses the same x255)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -38,6 +42,12 @@ def canonical_name(name: str) -> str:
     if name not in ARCHS:
         raise InputError(f"unknown CLIP model {name!r}; available: {', '.join(a for a in ARCHS if a != 'tiny-test')}")
     return name
+
+
+def clip_for(method_cls, clip: Optional[str] = None) -> str:
+    """The canonical CLIP name a Segmenter of `method_cls` loads: `clip` when given, else the method's
+    ``default_clip`` class attribute (CorrCLIP: MetaCLIP-B/16), else :data:`DEFAULT_CLIP`."""
+    return canonical_name(clip or getattr(method_cls, "default_clip", None) or DEFAULT_CLIP)
 
 
 def _tiny_clip(quick_gelu: bool = True) -> nn.Module:

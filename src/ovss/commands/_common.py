@@ -10,7 +10,8 @@ def add_model_args(p: argparse.ArgumentParser, method_default: str = "sclip", wi
     if with_method:
         g.add_argument("--method", "-m", default=method_default,
                        help=f"method name (default {method_default}; see `ovss methods`)")
-    g.add_argument("--clip", default="ViT-B/16", help="CLIP model: ViT-B/16, ViT-L/14, ViT-H/14")
+    g.add_argument("--clip", default=None, help="CLIP model: ViT-B/16, ViT-L/14, ViT-H/14, MetaCLIP-B/16 (default: the "
+                                                "method's own, MetaCLIP-B/16 for corrclip, else ViT-B/16)")
     g.add_argument("--clip-weights", default=None, help="local CLIP weights file, or 'random' (default: download/cache)")
     g.add_argument("--vfm", default=None, help="proxy model for proxyclip/trident (e.g. dino_vitb8, dino_vitb16, dinov2_vitb14, sam_vitb, mae_vitb16)")
     g.add_argument("--vfm-weights", default=None, help="local VFM weights file, or 'random'")

@@ -73,7 +73,8 @@ def run(args) -> int:
         times.append(time.perf_counter() - t0)
     t = np.array(times)
     res = {
-        "method": args.method, "preset": args.preset, "clip": args.clip, "device": str(seg.device),
+        "method": args.method, "preset": args.preset, "clip": seg.clip_name,
+        "device": str(seg.device),
         "dtype": str(seg.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
         "image": args.image or f"synthetic {w}x{h}", "classes": len(seg.classes), "queries": len(seg.class_list.queries),
         "load_s": round(t_load, 2), "images_per_s": round(float(len(t) / t.sum()), 3),

@@ -82,7 +82,7 @@ def run(args) -> int:
         stem = _stem(path, used)
         res.label_image().save(os.path.join(args.out, f"{stem}_labels.png"))
         res.overlay(alpha=args.alpha).save(os.path.join(args.out, f"{stem}_overlay.png"))
-        info = {"image": os.path.abspath(path), **res.to_dict(), "method": args.method, "clip": args.clip,
+        info = {"image": os.path.abspath(path), **res.to_dict(), "method": args.method, "clip": seg.clip_name,
                 "preset": args.preset}
         tmp = os.path.join(args.out, f".{stem}.json.tmp")
         with open(tmp, "w") as f:

@@ -29,7 +29,8 @@ def register(sub) -> None:
     dl.add_argument("models", nargs="*", metavar="MODEL", help="model keys as `ovss weights list` shows them")
     dl.add_argument("--method", "-m", action="append", default=[],
                     help="every model this method loads with its default settings (repeatable)")
-    dl.add_argument("--clip", default="ViT-B/16", help="the CLIP model meant by --method (default ViT-B/16)")
+    dl.add_argument("--clip", default=None, help="the CLIP model meant by --method (default: the method's own, "
+                                                 "MetaCLIP-B/16 for corrclip, else ViT-B/16)")
     dl.add_argument("--sam", default="vit_b", help="the SAM model meant by --method trident (default vit_b)")
     from ..weights import SPECS
     total_gb = sum(s.size_mb for s in SPECS.values()) / 1000
