@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["segment", "compare", "methods", "bench", "eval", "data", "weights", "app"]
+COMMANDS = ["segment", "compare", "methods", "bench", "eval", "data", "masks", "weights", "app"]
 
 
 def build_parser() -> argparse.ArgumentParser:
