@@ -105,3 +105,14 @@ def test_metaclip_random_is_the_b16_architecture(vitb16):
     a, b = m.model.state_dict(), vitb16.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert m.weights_id == vitb16.weights_id    # same random init; the text cache still keys on the name
+
+
+def test_app_offers_the_method_default_and_metaclip(monkeypatch, tiny_clip, tmp_path):
+    from ovss import app as A
+    cfg = A.AppConfig(clip_weights="random", device="cpu")
+    assert cfg.clip == A.METHOD_CLIP == cfg.clip_choices()[0] and "MetaCLIP-B/16" in cfg.clip_choices()
+    monkeypatch.setattr(SCLIP, "default_clip", "tiny-test", raising=False)
+    b = A.Backend(cfg, workdir=str(tmp_path))
+    seg, _ = b.segmenter("sclip", A.METHOD_CLIP, None, {}, b.parse_classes("cat, dog"))
+    assert seg.clip_name == "tiny-test" and seg.method.clip is tiny_clip
+    assert build_parser().parse_args(["app"]).clip is None

@@ -40,7 +40,8 @@ SAMPLES = [  # (file, classes): the demo classes the Trident repository uses for
     ("frog.jpg", "frog, water, turtle, snail"),
     ("bear_case.jpg", "river, grass, bear, ground, wolverines"),
 ]
-CLIP_MODELS = ("ViT-B/16", "ViT-L/14", "ViT-H/14")
+CLIP_MODELS = ("ViT-B/16", "MetaCLIP-B/16", "ViT-L/14", "ViT-H/14")
+METHOD_CLIP = "method default"   # each method's own CLIP (MetaCLIP-B/16 for corrclip, else ViT-B/16)
 NO_PRESET = "none"   # the method's settings for your own images (no benchmark protocol)
 HIDDEN_PARAMS = frozenset({"class_format", "classes_file", "background_file"})   # classes come from the text box
 PARAM_HEADERS = ["parameter", "value", "default", "type", "what it does"]
@@ -55,7 +56,7 @@ class AppConfig:
     """What `ovss app` was started with. `clip_weights` is used for every CLIP model when it is None (download /
     cache) or "random", and only for `clip` when it is a file."""
     method: str = "sclip"
-    clip: str = "ViT-B/16"
+    clip: str = METHOD_CLIP
     clip_weights: Optional[str] = None
     vfm_weights: Optional[str] = None
     sam: str = "vit_b"
@@ -81,7 +82,7 @@ class AppConfig:
         return names
 
     def clip_choices(self) -> list[str]:
-        out = list(CLIP_MODELS)
+        out = [METHOD_CLIP, *CLIP_MODELS]
         if self.clip_weights == "random":
             out.append("tiny-test")
         if self.clip not in out:
@@ -313,7 +314,8 @@ class Backend:
             n_models = api.MODEL_LOADS
             n_text = sum(len(t) for t in encoder._MEMORY.values())
             t0 = time.perf_counter()
-            seg = api.Segmenter(method=method, classes=classes, clip=clip, clip_weights=cfg.weights_for(clip),
+            seg = api.Segmenter(method=method, classes=classes, clip=None if clip == METHOD_CLIP else clip,
+                                clip_weights=cfg.weights_for(clip),
                                 vfm_weights=cfg.vfm_weights, sam=cfg.sam, sam_weights=cfg.sam_weights,
                                 sd_weights=cfg.sd_weights, device=cfg.device, dtype=cfg.dtype, preset=preset,
                                 **overrides)
@@ -420,7 +422,7 @@ class Backend:
         stem = os.path.splitext(img.name)[0] or "image"
         png = os.path.join(folder, f"{stem}_labels.png")
         res.label_image().save(png)
-        info = {"image": img.name, **res.to_dict(), "method": method, "clip": clip, "preset": preset,
+        info = {"image": img.name, **res.to_dict(), "method": method, "clip": seg.clip_name, "preset": preset,
                 "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()},
                 "config": seg.config()}
         js = os.path.join(folder, f"{stem}.json")

@@ -22,7 +22,8 @@ def register(sub) -> None:
     g = p.add_argument_group("models (the page chooses method, CLIP model, preset and hyper-parameters)")
     g.add_argument("--method", "-m", default="sclip", help="method selected when the page opens (default sclip)")
     g.add_argument("--methods", default=None, help="comma-separated methods to offer (default: all)")
-    g.add_argument("--clip", default="ViT-B/16", help="CLIP model selected when the page opens")
+    g.add_argument("--clip", default=None, help="CLIP model selected when the page opens (default: each "
+                                                "method's own, MetaCLIP-B/16 for corrclip, else ViT-B/16)")
     g.add_argument("--clip-weights", default=None,
                    help="local CLIP weights for --clip, or 'random' for every model (default: download/cache)")
     g.add_argument("--vfm-weights", default=None, help="local VFM weights (proxyclip/trident), or 'random'")
@@ -35,9 +36,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..app import AppConfig, launch
+    from ..app import METHOD_CLIP, AppConfig, launch
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    cfg = AppConfig(method=args.method, clip=args.clip, clip_weights=args.clip_weights, vfm_weights=args.vfm_weights,
+    cfg = AppConfig(method=args.method, clip=args.clip or METHOD_CLIP, clip_weights=args.clip_weights,
+                    vfm_weights=args.vfm_weights,
                     sam=args.sam, sam_weights=args.sam_weights, sd_weights=args.sd_weights, device=args.device,
                     dtype=args.dtype, max_pixels=args.max_pixels, methods=methods)
     launch(cfg, host=args.host, port=args.port, share=args.share, quiet=args.quiet)
