@@ -46,9 +46,8 @@ class GEM(WarpedMethod):
     PRESETS = PRESETS
     DEFAULT_PRESET = dict(image_size=448, templates="photo")
 
-    def __init__(self, params: GEMParams, models, classes):
-        super().__init__(params, models, classes)
-        self.start = self.modified_blocks(params.gem_depth - 1, f"gem_depth={params.gem_depth}")
+    def modified_blocks(self) -> tuple[int, str]:
+        return self.params.gem_depth - 1, f"gem_depth={self.params.gem_depth}"
 
     def gem_features(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         """(1, 3, S, S) -> L2-normalised GEM-stream patch features (1, N, E) and the grid (h, w)."""

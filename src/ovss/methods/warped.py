@@ -1,7 +1,8 @@
 """Methods whose official pipeline warps the whole image to a fixed square (GEM, CLIP Surgery): PIL bicubic
 Resize((S, S)) without keeping the aspect ratio, one forward pass, per-class maps resized back to the image.
 
-A subclass implements `log_probs(x, size)`: network input (1, 3, S, S) -> log class probabilities (K, H, W).
+A subclass implements `modified_blocks()` (how many last blocks it changes) and `log_probs(x, size)`: network input
+(1, 3, S, S) -> log class probabilities (K, H, W).
 """
 from __future__ import annotations
 
@@ -54,15 +55,17 @@ class WarpedMethod(Method):
         patch = self.clip.info.patch
         if not isinstance(params.image_size, int) or params.image_size < patch:
             raise InputError(f"image_size={params.image_size!r}: give an integer of at least {patch} (the patch size)")
-        self.text = encode_queries(self.clip, classes.queries, load_templates(params.templates),
-                                   device=models.device).to(models.dtype)
-
-    def modified_blocks(self, n: int, what: str) -> int:
-        """Index of the first of the last `n` blocks (InputError if the CLIP has fewer)."""
+        n, what = self.modified_blocks()
         L = len(self.clip.blocks)
         if not 1 <= n <= L:
             raise InputError(f"{what}: {n} modified blocks requested, but this CLIP has {L} blocks")
-        return L - n
+        self.start = L - n                  # the first modified block
+        self.text = encode_queries(self.clip, classes.queries, load_templates(params.templates),
+                                   device=models.device).to(models.dtype)
+
+    def modified_blocks(self) -> tuple[int, str]:
+        """How many last blocks the method modifies, and the setting that says so (for the error message)."""
+        raise NotImplementedError
 
     def log_probs(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Network input (1, 3, S, S) -> log class probabilities (K, H, W) at the image size."""
