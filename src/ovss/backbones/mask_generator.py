@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -108,12 +109,13 @@ class MaskGenerator:
 
     def __init__(self, amg: Any, kind: str, model: str, device: torch.device, dtype: torch.dtype, params: dict):
         self.amg, self.kind, self.model, self.device, self.dtype, self.params = amg, kind, model, device, dtype, params
+        self._lock = threading.Lock()   # the library's predictor keeps the current image: one image at a time
 
     def masks(self, rgb: np.ndarray) -> list[np.ndarray]:
         """The generator's binary masks (each (H, W) bool), in the library's order."""
         rgb = _check_rgb(rgb)
         low = self.device.type == "cuda" and self.dtype != torch.float32
-        with torch.inference_mode(), torch.autocast("cuda", dtype=self.dtype, enabled=low):
+        with self._lock, torch.inference_mode(), torch.autocast("cuda", dtype=self.dtype, enabled=low):
             anns = self.amg.generate(rgb)
         return [np.asarray(a["segmentation"], dtype=bool) for a in anns]
 
