@@ -133,6 +133,12 @@ def test_bad_image_stops_with_its_name_or_is_skipped(tmp_path, images, gen, caps
     assert sorted(f for f in os.listdir(out) if f.endswith(".npz")) == ["im0.npz", "im1.npz", "im2.npz"]
 
 
+def test_a_missing_input_is_named_before_any_model_loads(tmp_path, images, gen, capsys):
+    assert main(["masks", "generate", images[0], str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file or no image in it" in err and "nope.jpg" in err and gen["args"] is None
+
+
 def test_same_stem_twice_is_refused(tmp_path, images, gen, capsys):
     other = tmp_path / "other"
     other.mkdir()

@@ -178,8 +178,11 @@ def run_generate(args) -> int:
 
     params = parse_overrides(args.overrides)
     paths, missing = collect_images(args)
+    missing += [p for p in paths if not os.path.isfile(p)]
+    paths = [p for p in paths if os.path.isfile(p)]
     if missing and not args.skip_bad:
-        raise InputError(f"no such file or no image in it: {', '.join(missing)} (--skip-bad goes on without)")
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputError(f"no such file or no image in it: {shown} (--skip-bad goes on without)")
     items = items_for(paths, args.out)
     if not items:
         raise InputError("no input images")
