@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -158,7 +158,7 @@ def _build_sam2(model: str, weights, seed: int) -> torch.nn.Module:
 
 def load_mask_generator(kind: str = "auto", weights: Optional[Union[str, os.PathLike]] = None,
                         device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None,
-                        model: Optional[str] = None, seed: int = 0, **amg_params) -> Callable[[np.ndarray], np.ndarray]:
+                        model: Optional[str] = None, seed: int = 0, **amg_params) -> MaskGenerator:
     """A cached :class:`MaskGenerator`. `weights`: None = the registry's cached download (missing offline ->
     ``MissingWeightsError`` naming the file and the ``ovss weights download`` command), a checkpoint path, or
     ``"random"``. `model`: ``hiera_l`` (SAM 2, default) / ``vit_b|vit_l|vit_h`` (SAM 1, default vit_h) /
