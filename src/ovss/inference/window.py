@@ -65,25 +65,29 @@ def centre_pad(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
 
 def slide_inference(img: torch.Tensor, crop: int, stride: int,
                     forward: Callable[[torch.Tensor], torch.Tensor], pad_multiple: Optional[int] = None,
-                    batch_size: int = 8) -> torch.Tensor:
+                    batch_size: int = 8, aux: Optional[torch.Tensor] = None, aux_pad: float = 0) -> torch.Tensor:
     """img (1, C, H, W) -> (Q, H, W) averaged window logits.
 
     `forward(windows (n, C, h, w)) -> (n, Q, h, w)` logits at the window's pixel size. With `pad_multiple`, every
     window is zero-padded (centred) to the next multiple first and its logits cropped back (ClearCLIP: the patch
-    size; ProxyCLIP: 56)."""
+    size; ProxyCLIP: 56). With `aux` (A, H, W), e.g. a region map, its windows (n, A, h, w), padded with
+    `aux_pad`, are passed too: `forward(windows, aux_windows)` (CorrCLIP)."""
     _, C, H, W = img.shape
     if stride > crop:
         raise InputError(f"slide_stride={stride} is larger than slide_crop={crop}: the windows would leave gaps")
     boxes = window_boxes(H, W, crop, stride)
     windows = gather_windows(img[0], boxes)
+    aux_windows = gather_windows(aux, boxes) if aux is not None else None
     h, w = windows.shape[-2:]
     pad = centre_pad(h, w, pad_multiple) if pad_multiple else (0, 0, 0, 0)
     outs = []
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
+        extra = () if aux_windows is None else (aux_windows[i:i + batch_size],)
         if any(pad):
             chunk = F.pad(chunk, pad)
-        out = forward(chunk)
+            extra = tuple(F.pad(e, pad, value=aux_pad) for e in extra)
+        out = forward(chunk, *extra)
         if any(pad):
             out = out[:, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w]
         outs.append(out)

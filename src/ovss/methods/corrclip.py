@@ -34,7 +34,7 @@ from ..inference.probs import threshold_labels
 from ..inference.region_masks import mask_path, read_region_masks
 from ..inference.regions import dense_ranks, merge_regions, region_mode, scope_mask
 from ..inference.splice import to_imagenet
-from ..inference.window import accumulate_windows, centre_pad, gather_windows, window_boxes
+from ..inference.window import slide_inference
 from .base import Prediction
 from .dense import DenseMethod, DenseParams, presets_table
 
@@ -185,37 +185,21 @@ class CorrCLIP(DenseMethod):
         return y @ clip.visual.proj, I, J
 
     def window_logits_regions(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Windows + region crops -> cosine logits up-sampled to the window size (B, Q, H, W)."""
-        f, I, J = self.patch_features_regions(x, m)
+        """Windows (B, 3, H, W) + region crops (B, 1, H, W) -> cosine logits up-sampled to the window size
+        (B, Q, H, W)."""
+        f, I, J = self.patch_features_regions(x, m[:, 0])
         f = f / f.norm(dim=-1, keepdim=True)
         cos = (f @ self.text.T.to(f.dtype)).transpose(1, 2).reshape(f.shape[0], -1, I, J)
         return F.interpolate(cos.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def cosine_logits_regions(self, x: torch.Tensor, regions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Network input (1, 3, H, W) and its region map (H, W) -> cosine logits (Q, h0, w0) at the original size:
-        sliding windows (batched), each padded to `pad_multiple` (the mask crop with PAD_VALUE), averaged."""
+        sliding windows (batched; slide_crop 0 = one window), each padded to `pad_multiple`, the mask crop with
+        PAD_VALUE."""
         p = self.params
-        _, _, H, W = x.shape
-        if p.slide_crop > 0:
-            if p.slide_stride > p.slide_crop:
-                raise InputError(f"slide_stride={p.slide_stride} is larger than slide_crop={p.slide_crop}: "
-                                 f"the windows would leave gaps")
-            boxes = window_boxes(H, W, p.slide_crop, p.slide_stride)
-        else:
-            boxes = torch.tensor([[0, 0, H, W]])
-        wins = gather_windows(x[0], boxes)
-        masks = gather_windows(regions[None], boxes)[:, 0]
-        h, w = wins.shape[-2:]
-        pad = centre_pad(h, w, p.pad_multiple)
-        outs = []
-        for i in range(0, len(wins), max(1, p.window_batch)):
-            xw, mw = wins[i:i + p.window_batch], masks[i:i + p.window_batch]
-            if any(pad):
-                xw = F.pad(xw, pad)
-                mw = F.pad(mw, pad, value=PAD_VALUE)
-            out = self.window_logits_regions(xw, mw)
-            outs.append(out[:, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w])
-        cos = accumulate_windows(torch.cat(outs), boxes, H, W)
+        crop, stride = (p.slide_crop, p.slide_stride) if p.slide_crop > 0 else (max(x.shape[-2:]),) * 2
+        cos = slide_inference(x, crop, stride, self.window_logits_regions, pad_multiple=p.pad_multiple,
+                              batch_size=max(1, p.window_batch), aux=regions[None], aux_pad=PAD_VALUE)
         return F.interpolate(cos[None], size=size, mode="bilinear", align_corners=False)[0]
 
     @torch.inference_mode()
