@@ -108,6 +108,7 @@ def test_compare_command_end_to_end(tmp_path, capsys, monkeypatch, smooth_rgb):
     info = json.loads((tmp_path / "o" / "pic_compare.json").read_text())
     assert [m["method"] for m in info["methods"]] == ["clip", "proxyclip", "sclip"]
     assert "error" in info["methods"][1] and info["classes"] == ["sky", "grass", "horse"]
+    assert info["methods"][0]["clip"] == "tiny-test"
     for m in (info["methods"][0], info["methods"][2]):
         assert abs(sum(m["areas"].values()) - 1) < 1e-9 and m["seconds"] > 0
     grid = Image.open(tmp_path / "o" / "pic_compare.png")

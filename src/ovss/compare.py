@@ -21,9 +21,11 @@ class MethodRun:
     seconds: float = 0.0           # segmentation time (model loading excluded)
     load_seconds: float = 0.0      # building the Segmenter (loading models the first time, encoding the text)
     error: Optional[str] = None
+    clip: Optional[str] = None     # the CLIP model the method loaded
 
     def to_dict(self) -> dict:
-        out = {"method": self.method, "seconds": round(self.seconds, 4), "load_seconds": round(self.load_seconds, 4)}
+        out = {"method": self.method, "clip": self.clip, "seconds": round(self.seconds, 4),
+               "load_seconds": round(self.load_seconds, 4)}
         if self.error is not None:
             out["error"] = self.error
         else:
@@ -84,7 +86,7 @@ def compare(image, methods: list[str], make_segmenter: Callable[[str], object],
             seg = make_segmenter(m)
             t1 = time.perf_counter()
             res = seg.segment(image)
-            runs.append(MethodRun(m, res, time.perf_counter() - t1, t1 - t0))
+            runs.append(MethodRun(m, res, time.perf_counter() - t1, t1 - t0, clip=getattr(seg, "clip_name", None)))
         except OvssError as e:
             runs.append(MethodRun(m, None, 0.0, time.perf_counter() - t0, str(e)))
         except (RuntimeError, MemoryError) as e:   # e.g. out of memory on a large image: report, go on

@@ -75,7 +75,7 @@ def run(args) -> int:
     png, js = os.path.join(args.out, f"{stem}_compare.png"), os.path.join(args.out, f"{stem}_compare.json")
     grid.save(png)
     info = compare_dict(os.path.abspath(args.image), names, runs)
-    info.update(clip=args.clip, preset=args.preset)
+    info.update(preset=args.preset)
     tmp = js + ".tmp"
     with open(tmp, "w") as f:
         json.dump(info, f, indent=2)

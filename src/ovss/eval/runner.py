@@ -155,8 +155,8 @@ def _predict(seg, image) -> torch.Tensor:
     except DataError:
         raise
     except (InputError, OSError) as e:
-        path = getattr(image, "path", image)
-        raise DataError(f"cannot read image {path}: {e}", path, "corrupt") from None
+        path = getattr(image, "path", image)   # the method's own input error (e.g. a bad region-mask file) names its file
+        raise DataError(f"cannot segment image {path}: {e}", path, "corrupt") from None
 
 
 def _read_sample(ds: SegDataset, s, decode: bool):
