@@ -275,8 +275,8 @@ def test_array_input_with_masks_dir_is_an_input_error(image_and_masks, smooth_rg
 def test_generated_masks_path(monkeypatch, smooth_rgb, tiny_clip):
     calls = {}
 
-    def load_mask_generator(kind="auto", weights=None, device=None, dtype=None, **amg):
-        calls["args"] = (kind, weights)
+    def load_mask_generator(kind="auto", weights=None, device=None, dtype=None, model=None, **amg):
+        calls["args"] = (kind, weights, model)
 
         def gen(rgb):
             calls["shape"] = rgb.shape
@@ -290,10 +290,10 @@ def test_generated_masks_path(monkeypatch, smooth_rgb, tiny_clip):
     monkeypatch.setitem(sys.modules, "ovss.backbones.mask_generator", fake)
     seg = ovss.Segmenter(mask_generator="sam2", mask_generator_weights="w.pt", **TINY)
     labels = np.asarray(seg.predict(smooth_rgb))
-    assert calls["args"] == ("sam2", "w.pt") and calls["shape"] == smooth_rgb.shape
+    assert calls["args"] == ("sam2", "w.pt", None) and calls["shape"] == smooth_rgb.shape
     assert len(np.unique(labels[:, :28])) == 1
 
-    def bad(kind="auto", weights=None, device=None, dtype=None, **amg):
+    def bad(kind="auto", weights=None, device=None, dtype=None, model=None, **amg):
         return lambda rgb: np.zeros((3, 3), dtype=np.int32)
     fake.load_mask_generator = bad
     seg = ovss.Segmenter(mask_generator="auto", **TINY)
@@ -324,3 +324,14 @@ def test_slide_inference_carries_a_padded_aux_map():
     assert torch.equal(out, aux.float())                 # windows cropped back and averaged: the map itself
     assert len(seen) == 2 and torch.equal(seen[0][0, 0, 2:6, 2:6], aux[0, :, :4])
     assert (seen[1][0, :, :2] == 10000).all() and (seen[1][0, :, :, 6:] == 10000).all()
+
+
+def test_real_tiny_mask_generator_end_to_end(smooth_rgb, tiny_clip):
+    """The on-the-fly path with ovss's own generator (tiny random SAM 2 / SAM: the interface, not the masks)."""
+    seg = ovss.Segmenter(mask_generator="auto", mask_generator_weights="random", mask_generator_model="tiny-test",
+                         **TINY)
+    logits = seg.predict_logits(smooth_rgb)
+    regions = seg.method.region_map(ovss.images.load_image(smooth_rgb))
+    assert regions.shape == smooth_rgb.shape[:2] and regions.dtype == np.int32
+    want = region_mode(logits.argmax(0), torch.from_numpy(regions), 4)
+    assert np.array_equal(np.asarray(seg.predict(smooth_rgb)), want.numpy())

@@ -53,6 +53,7 @@ class CorrCLIPParams(DenseParams):
     region_masks_dir: Optional[str] = None      # folder of <image stem>.npz ('instance_mask'); None = generate
     mask_generator: str = "auto"                # ovss.backbones.mask_generator kind (when region_masks_dir is None)
     mask_generator_weights: Optional[str] = None
+    mask_generator_model: Optional[str] = None  # its model (None: the kind's default, SAM 2 Hiera-L / SAM ViT-H)
     alpha: float = 1.0                          # weight of the spatial branch (hard-coded ALPHA)
     beta: float = 0.5                           # weight of the semantic branch (BETA)
     tau: float = 4.0                            # multiplier of the DINO similarity before the softmax (TAU)
@@ -117,7 +118,8 @@ class CorrCLIP(DenseMethod):
         if self._generator is None:
             from ..backbones.mask_generator import load_mask_generator
             self._generator = load_mask_generator(p.mask_generator, p.mask_generator_weights,
-                                                  device=self.models.device, dtype=self.models.dtype)
+                                                  device=self.models.device, dtype=self.models.dtype,
+                                                  model=p.mask_generator_model)
         out = np.asarray(self._generator(image.rgb))
         if out.shape != tuple(image.size):
             raise InputError(f"corrclip: the mask generator returned a {out.shape} map for a {image.size} image")
