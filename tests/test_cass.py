@@ -212,6 +212,16 @@ def test_runs_deterministic_and_seed_matters(tiny_cass, smooth_rgb):
     assert labels.shape == (40, 56) and whole.params.slide_crop == 0
 
 
+def test_half_precision_path_runs_and_stays_close(tiny_cass, smooth_rgb):
+    """The GPU dtype path (fp16 CLIP and DINO; graphs, spectra and the low rank in fp32/fp64) on the CPU."""
+    half = tiny_cass(dtype="fp16")
+    assert half.method.clip.dtype == torch.float16 and half.method.vfm.vit.pos_embed.dtype == torch.float16
+    a = half.predict_logits(smooth_rgb)
+    b = tiny_cass().predict_logits(smooth_rgb)
+    assert a.dtype == torch.float32 and a.shape == b.shape and torch.isfinite(a).all()
+    assert (a - b).abs().max().item() < 0.02
+
+
 def test_draws_follow_window_then_head_order(tiny_cass):
     m = tiny_cass().method
     m._gen = torch.Generator().manual_seed(42)
