@@ -223,6 +223,9 @@ def test_window_batching_and_region_padding_do_not_change_results(image_and_mask
     a = ovss.Segmenter(region_masks_dir=folder, window_batch=8, **TINY).predict_logits(path)
     b = ovss.Segmenter(region_masks_dir=folder, window_batch=1, **TINY).predict_logits(path)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # slide_crop = 0: the whole image as one window (padded to 56: 112 x 157 -> 112 x 168)
+    whole = ovss.Segmenter(region_masks_dir=folder, **dict(TINY, slide_crop=0)).predict_logits(path)
+    assert whole.shape == a.shape and torch.isfinite(whole).all() and (whole - a).abs().max() > 1e-4
 
 
 def test_main_branch_alone_is_proxy_style_block(image_and_masks, tiny_clip):
