@@ -89,6 +89,7 @@ class CorrCLIP(DenseMethod):
     paper = ("Zhang et al., CorrCLIP: Reconstructing Patch Correlations in CLIP for Open-Vocabulary Semantic "
              "Segmentation, ICCV 2025")
     repo = "zdk258/CorrCLIP"
+    default_clip = "MetaCLIP-B/16"       # the official configs' metaclip_fullcc ViT-B-16-quickgelu
     summary = "last CLIP block attends with DINO correlations restricted to (merged) region masks; mask class tokens"
     Params = CorrCLIPParams
     PRESETS = PRESETS
