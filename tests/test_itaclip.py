@@ -306,3 +306,15 @@ def test_bad_parameters_are_input_errors():
                        **(TINY | {"intermediate_layers": (2,)}))
     with pytest.raises(InputError, match="aux_texts"):
         ovss.Segmenter(method="itaclip", classes=["a", "b"], preset=None, aux_texts="nope.txt", **TINY)
+
+
+def test_whole_image_mode_goes_straight_to_the_original_size(smooth_rgb):
+    """slide_crop=0: the five-view logits of the whole input, up-sampled once to the image size."""
+    from ovss.inference.probs import class_log_probs
+    seg = _segmenter(img_engineering=True, slide_crop=0)
+    img = seg_image(smooth_rgb)
+    m = seg.method
+    x = m.preprocess(img)
+    cos = m.engineered_logits(x, (40, 56))[0]
+    want = class_log_probs(cos, m.classes.query_to_class, m.params.logit_scale)
+    assert torch.allclose(m(img).logits, want, atol=1e-6)

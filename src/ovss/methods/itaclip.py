@@ -90,8 +90,9 @@ class ITACLIP(DenseMethod):
                    f"of '<name> >=<text>' lines, or None to mix nothing)")
             warnings.warn(msg, stacklevel=2)
         self.aux_extras = {"aux_texts": p.aux_texts, "aux_fallback_to_name": fallback}
-        d = encode_queries(self.clip, texts, load_templates(p.templates), device=self.models.device)   # (K', E)
-        t = self.text.float()
+        templates = load_templates(p.templates)
+        d = encode_queries(self.clip, texts, templates, device=self.models.device)        # (K', E) fp32
+        t = encode_queries(self.clip, cl.queries, templates, device=self.models.device)   # fp32 (memory cache)
         q2c = torch.as_tensor(cl.query_to_class, device=t.device)
         rows = q2c >= start
         mixed = t.clone()
@@ -134,7 +135,9 @@ class ITACLIP(DenseMethod):
     def cosine_logits(self, x, size):
         if self.params.slide_crop > 0:
             return super().cosine_logits(x, size)
-        return self.engineered_logits(x, size)[0]   # whole image: straight to the original size (official)
+        # whole image (no preset uses it): straight to the original size as the official forward_feature; unlike the
+        # official whole-image path, which skips PAMR, pamr_steps still applies here
+        return self.engineered_logits(x, size)[0]
 
     # ------------------------------------------------------------------ scores and labels
     def class_scores(self, cos):
