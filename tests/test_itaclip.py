@@ -243,6 +243,8 @@ def test_text_rows_mixed_with_auxiliary_texts(tiny_clip):
     # aux_texts=None: the plain classifier
     plain = ovss.Segmenter(method="itaclip", preset="voc21", templates="none", aux_texts=None, **TINY)
     assert torch.equal(plain.method.text, t)
+    only_bg = ovss.Segmenter(method="itaclip", classes=["sky, wall"], preset="voc21", templates="none", **TINY)
+    assert torch.equal(only_bg.method.text, encode_queries(tiny_clip, ["sky", "wall"], tpl))   # nothing to mix
 
 
 def test_unknown_class_names_fall_back_to_the_name(smooth_rgb):

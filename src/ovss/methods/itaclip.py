@@ -69,8 +69,8 @@ class ITACLIP(DenseMethod):
     def __init__(self, params: ITACLIPParams, models, classes):
         check_layers(params.intermediate_layers, len(models.clip.blocks))   # before the text encoding
         super().__init__(params, models, classes)
-        self.aux_extras: dict = {}
-        if params.aux_texts is not None:
+        self.aux_extras: dict = {"aux_texts": None, "aux_fallback_to_name": []}
+        if params.aux_texts is not None and len(classes) > int(params.background_first):
             self.text = self._mix_auxiliary(params).to(models.dtype)
 
     def _mix_auxiliary(self, p: ITACLIPParams) -> torch.Tensor:
