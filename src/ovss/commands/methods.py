@@ -48,14 +48,16 @@ def run(args) -> int:
 
 
 def markdown_table(methods) -> str:
-    """The README's table: name, models, paper, official code, and the reported mIoU on 8 benchmarks."""
+    """The README's table: name, the models it loads by default, paper, official code, and the reported mIoU on
+    the 8 benchmarks."""
+    from .. import weights as W
     from ..methods.reported import BENCHMARKS, format_miou, reported
-    models = {"clip": "CLIP", "vfm": "DINO / VFM", "sam": "SAM", "sd": "Stable Diffusion 2.1"}
-    head = ["`method=`", "models", "paper", "official code"] + list(BENCHMARKS)
+    head = ["`method=`", "models (defaults)", "paper", "official code"] + list(BENCHMARKS)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         r = reported(m.name)
-        cells = [f"`{m.name}`", " + ".join(models[n] for n in m.needs), m.paper, m.repo]
+        models = " + ".join(W.spec(k).description.split(" (")[0] for k in W.keys_for_method(m.name))
+        cells = [f"`{m.name}`", models, m.paper, m.repo]
         cells += [format_miou(r.miou[b]) if r else "-" for b in BENCHMARKS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
