@@ -6,12 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -28,50 +22,16 @@ pytest.importorskip("playwright.sync_api", reason="the playwright package is mis
 pytest.importorskip("gradio", reason="gradio is missing (pip install 'ovss[app]')")
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
+from appserver import app_server  # noqa: E402
+
 pytestmark = pytest.mark.timeout(300)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The real command line, offline, on empty caches: `ovss app --clip tiny-test --clip-weights random`."""
-    tmp = tmp_path_factory.mktemp("app_server")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OVSS_", "GRADIO_"))}
-    env.update(OVSS_OFFLINE="1", OVSS_CACHE=str(tmp / "ovss"), HF_HOME=str(tmp / "hf"), OVSS_TEXT_CACHE="0",
-               GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp / "gradio"), PYTHONUNBUFFERED="1")
-    log = open(tmp / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "ovss", "app", "--method", "clip", "--clip", "tiny-test",
-                             "--clip-weights", "random", "--device", "cpu", "--port", str(port),
-                             "--max-pixels", "2000000"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"ovss app exited with {proc.returncode}:\n{log.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("ovss app did not answer within 180 s")
-        time.sleep(0.5)
-    yield {"url": url, "tmp": tmp, "log": tmp / "server.log"}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with app_server(tmp_path_factory.mktemp("app_server")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+from appserver import app_server
 
 pytest.importorskip("gradio", reason="gradio is missing (pip install 'ovss[app]')")
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is missing (it comes with gradio)")
@@ -32,12 +30,6 @@ REQUESTS = [("frog.jpg", "frog, water, turtle", "clip"), ("horses_1024.jpg", "sk
             ("bear_case.jpg", "bear, ground", "clip"), ("frog.jpg", "frog, snail", "cliper_elf")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _memory_kb(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of a process in kB (Linux)."""
     fields = {}
@@ -51,40 +43,10 @@ def _memory_kb(pid: int) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app_load")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OVSS_", "GRADIO_"))}
-    env.update(OVSS_OFFLINE="1", OVSS_CACHE=str(tmp / "ovss"), HF_HOME=str(tmp / "hf"), OVSS_TEXT_CACHE="0",
-               GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp / "gradio"), PYTHONUNBUFFERED="1",
-               OVSS_MODEL_CACHE="4")
-    log = open(tmp / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "ovss", "app", "--method", "clip", "--clip", "tiny-test",
-                             "--clip-weights", "random", "--device", "cpu", "--port", str(port),
-                             "--max-pixels", "2000000"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"ovss app exited with {proc.returncode}:\n{log.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("ovss app did not answer within 180 s")
-        time.sleep(0.5)
     broken = tmp / "holiday.jpg"
     broken.write_bytes(b"this is not a JPEG" * 50)
-    yield {"url": url, "proc": proc, "broken": str(broken), "log": tmp / "server.log"}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with app_server(tmp, {"OVSS_MODEL_CACHE": "4"}) as srv:
+        yield dict(srv, broken=str(broken))
 
 
 def _wave(server) -> list[dict]:
