@@ -114,6 +114,8 @@ class MaskGenerator:
     def masks(self, rgb: np.ndarray) -> list[np.ndarray]:
         """The generator's binary masks (each (H, W) bool), in the library's order."""
         rgb = _check_rgb(rgb)
+        if not rgb.flags.writeable:   # the library wraps it in a tensor (torch warns about read-only arrays)
+            rgb = rgb.copy()
         low = self.device.type == "cuda" and self.dtype != torch.float32
         with self._lock, torch.inference_mode(), torch.autocast("cuda", dtype=self.dtype, enabled=low):
             anns = self.amg.generate(rgb)
