@@ -360,8 +360,7 @@ class Backend:
                 progress: Callable = _noop_progress) -> "CompareOutput":
         """Several methods on one image, each with its settings for a user's own images (no preset): a grid of
         their overlays with one legend, a table (method, time, main classes or the error) and the JSON."""
-        from .compare import compare, compare_dict
-        from .viz import compare_grid
+        from .compare import compare, compare_dict, compare_picture
         t0 = time.perf_counter()
         img = self.check_image(image_path)
         classes = self.parse_classes(classes_text)
@@ -378,11 +377,7 @@ class Backend:
 
         runs = compare(img, methods, lambda m: self.segmenter(m, clip, None, {}, classes)[0], on_start)
         ok = [r for r in runs if r.result is not None]
-        names = next((r.result.classes for r in ok), list(classes.names))
-        cells = [(r.method, r.result.labels if r.result is not None else None,
-                  r.result.classes if r.result is not None else [],
-                  f"{r.seconds:.2f} s" if r.error is None else r.error) for r in runs]
-        grid = compare_grid(img.rgb, cells, names, max_cols=2)   # two columns: readable in the page
+        names, grid = compare_picture(img.rgb, runs, classes.names, max_cols=2)   # two columns: readable in the page
         table = []
         for r in runs:
             if r.result is None:

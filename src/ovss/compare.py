@@ -97,3 +97,14 @@ def compare(image, methods: list[str], make_segmenter: Callable[[str], object],
 def compare_dict(image_name: str, classes: list[str], runs: list[MethodRun]) -> dict:
     """What `ovss compare` writes as JSON: the classes and, per method, its class areas/scores and times."""
     return {"image": image_name, "classes": list(classes), "methods": [r.to_dict() for r in runs]}
+
+
+def compare_picture(rgb, runs: list[MethodRun], classes, **grid_kw) -> tuple[list[str], object]:
+    """(class names, grid PIL image) of the runs: the names of the first method that ran (they include a class a
+    method adds, e.g. CLIPer's background), else `classes`; one cell per run, its time or its error as caption."""
+    from .viz import compare_grid
+    names = next((list(r.result.classes) for r in runs if r.result is not None), list(classes))
+    cells = [(r.method, r.result.labels if r.result is not None else None,
+              r.result.classes if r.result is not None else [],
+              f"{r.seconds:.2f} s" if r.error is None else r.error) for r in runs]
+    return names, compare_grid(rgb, cells, names, **grid_kw)

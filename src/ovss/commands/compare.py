@@ -37,10 +37,9 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     import ovss
-    from ..compare import compare, compare_dict, methods_with_weights, parse_methods
+    from ..compare import compare, compare_dict, compare_picture, methods_with_weights, parse_methods
     from ..errors import InputError
     from ..images import load_image
-    from ..viz import compare_grid
 
     if args.class_file and not os.path.isfile(args.class_file):
         raise InputError(f"--class-file {args.class_file}: no such file")
@@ -65,11 +64,7 @@ def run(args) -> int:
         if r.error:
             print(f"ovss compare: {r.method}: {r.error}", file=sys.stderr)
     ok = [r for r in runs if r.result is not None]
-    names = next((r.result.classes for r in ok), None) or []
-    cells = [(r.method, r.result.labels if r.result is not None else None,
-              r.result.classes if r.result is not None else [], f"{r.seconds:.2f} s" if r.error is None else r.error)
-             for r in runs]
-    grid = compare_grid(image.rgb, cells, names, alpha=args.alpha, cell_width=args.cell_width)
+    names, grid = compare_picture(image.rgb, runs, [], alpha=args.alpha, cell_width=args.cell_width)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.image))[0] or "image"
     png, js = os.path.join(args.out, f"{stem}_compare.png"), os.path.join(args.out, f"{stem}_compare.json")

@@ -13,7 +13,7 @@ def register(sub) -> None:
 def _weights(method: str, clip) -> tuple[list[str], str]:
     """(weight keys the method loads, 'cached' | 'missing: k1, k2')."""
     from .. import weights as W
-    keys = W.keys_for_method(method) if clip is None else W.keys_for_method(method, clip=clip)
+    keys = W.keys_for_method(method, clip=clip)     # clip None: the method's own default
     missing = [k for k in keys if W.status(k).state != "cached"]
     return keys, ("cached" if not missing else "missing: " + ", ".join(missing))
 
