@@ -143,6 +143,8 @@ def test_methods_markdown_is_the_readme_table(capsys):
     assert out[0].startswith("| `method=` | models (defaults) | paper | official code | voc21 |")
     row = next(ln for ln in out if ln.startswith("| `trident` |"))
     assert "| CLIP ViT-B/16 + DINO ViT-B/16 + Segment Anything ViT-B |" in row and row.endswith("| 67.1 | 38.6 | 41.1 | 84.5 | 42.9 | 42.2 | 21.9 | 28.3 |")
+    corr = next(ln for ln in out if ln.startswith("| `corrclip` |"))
+    assert "| MetaCLIP ViT-B/16 + DINO ViT-B/8 + SAM 2 Hiera-L |" in corr   # whether or not sam2 is installed here
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
     for line in out:   # the README carries this table verbatim (regenerate it with `ovss methods --markdown`)
         assert line in readme, f"README method table is stale: {line[:60]}..."

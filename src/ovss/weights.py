@@ -196,10 +196,12 @@ def list_status() -> list[WeightStatus]:
     return [status(k) for k in SPECS]
 
 
-def keys_for_method(method: str, clip: Optional[str] = None, sam: str = "vit_b") -> list[str]:
+def keys_for_method(method: str, clip: Optional[str] = None, sam: str = "vit_b",
+                    mask_generator: Optional[str] = None) -> list[str]:
     """The registry keys a method loads with its default settings (and the proxy models of its presets).
     `clip` None = the method's default CLIP (its ``default_clip``, else ViT-B/16); a method with a
-    ``mask_generator`` parameter (CorrCLIP) also lists that generator's weights."""
+    ``mask_generator`` parameter (CorrCLIP) also lists that generator's weights — of `mask_generator` when given
+    (e.g. "sam2", the official one), else of the method's default ("auto": what this machine would use)."""
     from .methods import get_method
     cls = get_method(method)
     keys: list[str] = []
@@ -221,6 +223,8 @@ def keys_for_method(method: str, clip: Optional[str] = None, sam: str = "vit_b")
     if "sd" in cls.needs:
         keys.append("sd21_base")
     kind = getattr(cls.resolve_params(None, {}), "mask_generator", None)
+    if kind and mask_generator:
+        kind = mask_generator
     if kind:
         from .backbones.mask_generator import weights_key
         keys.append(weights_key(kind))

@@ -56,7 +56,9 @@ def markdown_table(methods) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         r = reported(m.name)
-        models = " + ".join(W.spec(k).description.split(" (")[0] for k in W.keys_for_method(m.name))
+        # the official mask generator (SAM 2), not the one this machine has installed: the table is the same anywhere
+        keys = W.keys_for_method(m.name, mask_generator="sam2")
+        models = " + ".join(W.spec(k).description.split(" (")[0] for k in keys)
         cells = [f"`{m.name}`", models, m.paper, m.repo]
         cells += [format_miou(r.miou[b]) if r else "-" for b in BENCHMARKS]
         lines.append("| " + " | ".join(cells) + " |")
