@@ -57,6 +57,17 @@ def test_list_on_empty_cache_shows_every_model_missing(cache):
     assert f"0 of {len(W.SPECS)} cached" in r.stdout
 
 
+def test_list_for_a_method_shows_only_its_models_in_load_order(cache):
+    env, _ = cache
+    r = _ovss(env, "weights", "list", "--method", "trident", "-m", "sclip")
+    assert r.returncode == 0, r.stderr
+    models = [ln.split()[0] for ln in r.stdout.splitlines()[1:] if ln.strip() and not ln.startswith("0 of")]
+    assert models == ["clip:ViT-B/16", "dino_vitb16", "sam:vit_b"]   # sclip adds nothing new
+    assert "0 of 3 cached" in r.stdout
+    bad = _ovss(env, "weights", "list", "--method", "nosuch")
+    assert bad.returncode == 2 and "unknown method 'nosuch'" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_list_and_path_see_cached_partial_and_hub_files(cache):
     env, root = cache
     url_file = root / "ovss" / "weights" / "dino_vitbase8_pretrain.pth"

@@ -21,6 +21,8 @@ def register(sub) -> None:
 
     ls = ws.add_parser("list", help="every model ovss knows, its source, file, local status and size")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--method", "-m", action="append", default=[],
+                    help="only the models this method loads with its default settings (repeatable)")
     ls.set_defaults(func=run_list)
 
     dl = ws.add_parser("download", help="download weights into the cache (resumable)",
@@ -66,8 +68,20 @@ def _rows():
     return rows
 
 
+def _method_keys(methods: list[str], clip=None, sam: str = "vit_b") -> list[str]:
+    """The registry keys the methods load with their default settings (unknown method: an InputError)."""
+    from .. import weights as W
+    keys: list[str] = []
+    for m in methods:
+        keys += W.keys_for_method(m, clip=clip, sam=sam)
+    return list(dict.fromkeys(keys))
+
+
 def run_list(args) -> int:
     rows = _rows()
+    if args.method:
+        wanted = _method_keys(args.method)
+        rows = sorted((r for r in rows if r["model"] in wanted), key=lambda r: wanted.index(r["model"]))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -86,9 +100,7 @@ def run_download(args) -> int:
     from .. import weights as W
     from ..errors import InputError, OvssError
 
-    keys = list(args.models)
-    for m in args.method:
-        keys += W.keys_for_method(m, clip=args.clip, sam=args.sam)
+    keys = list(args.models) + _method_keys(args.method, clip=args.clip, sam=args.sam)
     if args.all:
         keys += list(W.SPECS)
     if not keys:
