@@ -16,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=5, help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the unmodified backbone passes the method makes (interleaved with its runs) and "
+                        "print method time / floor")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -58,19 +61,25 @@ def run(args) -> int:
         # a smooth synthetic image (noise is an unusual input for attention but costs the same)
         base = rng.integers(0, 255, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
         image = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
+    from .. import floor as F
+
     cuda = seg.device.type == "cuda"
-    for _ in range(args.warmup):
-        seg.predict_logits(image)
+    image = ovss.images.load_image(image)     # decoded once: the runs time the method, not the decoder
+    run_once = lambda: seg.predict_logits(image)  # noqa: E731
+    passes = None
+    for i in range(args.warmup):
+        run_once()
+    if args.floor:     # one recorded run (untimed), then the passes warm once
+        _, passes = F.record_passes(seg.method, run_once)
+        F.replay(passes)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, floors = [], []
     for _ in range(args.n):
-        t0 = time.perf_counter()
-        seg.predict_logits(image)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append(F.timed(run_once, cuda))
+        if passes is not None:      # interleaved, so both see the same machine state
+            floors.append(F.timed(lambda: F.replay(passes), cuda))
     t = np.array(times)
     res = {
         "method": args.method, "preset": args.preset, "clip": seg.clip_name,
@@ -83,6 +92,10 @@ def run(args) -> int:
         "peak_mem_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else _rss_peak_mb(), 1),
         "peak_mem_kind": "cuda max allocated" if cuda else "process peak RSS",
     }
+    if passes is not None:
+        fl = float(np.median(floors))
+        res.update(floor_s=round(fl, 5), floor_ratio=round(float(np.median(t)) / fl, 3) if fl > 0 else None,
+                   floor_passes=F.describe(passes))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -91,4 +104,7 @@ def run(args) -> int:
               f"{res['threads']} threads), {res['image']}, {res['classes']} classes / {res['queries']} queries")
         print(f"  {res['images_per_s']} images/s   latency mean {l['mean']}s  p50 {l['p50']}s  p90 {l['p90']}s  "
               f"max {l['max']}s   peak memory {res['peak_mem_mb']} MB ({res['peak_mem_kind']})   load {res['load_s']}s")
+        if passes is not None:
+            print(f"  floor {res['floor_s']}s (median of {len(floors)}, unmodified passes: {res['floor_passes']})   "
+                  f"method / floor = {res['floor_ratio']}x")
     return 0
