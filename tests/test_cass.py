@@ -212,12 +212,20 @@ def test_runs_deterministic_and_seed_matters(tiny_cass, smooth_rgb):
     assert labels.shape == (40, 56) and whole.params.slide_crop == 0
 
 
-def test_half_precision_path_runs_and_stays_close(tiny_cass, smooth_rgb):
-    """The GPU dtype path (fp16 CLIP and DINO; graphs, spectra and the low rank in fp32/fp64) on the CPU."""
+def test_half_precision_path_runs_and_stays_close(tiny_cass, smooth_rgb, monkeypatch):
+    """The GPU dtype path (fp16 CLIP and DINO; graphs, spectra and the low rank in fp32/fp64) on the CPU. The head
+    matching is often tied to an ulp on random weights (fp16 rounding may pick another of the tied pairings), so the
+    fp16 run is given the fp32 run's matching: everything else must stay close."""
+    from ovss.methods import cass as C
+    seen = []
+    real = C.match_heads
+    monkeypatch.setattr(C, "match_heads", lambda cost: seen.append(real(cost)) or seen[-1])
+    b = tiny_cass().predict_logits(smooth_rgb)
+    fp32_matching = iter(seen)
+    monkeypatch.setattr(C, "match_heads", lambda cost: next(fp32_matching))
     half = tiny_cass(dtype="fp16")
     assert half.method.clip.dtype == torch.float16 and half.method.vfm.vit.pos_embed.dtype == torch.float16
     a = half.predict_logits(smooth_rgb)
-    b = tiny_cass().predict_logits(smooth_rgb)
     assert a.dtype == torch.float32 and a.shape == b.shape and torch.isfinite(a).all()
     assert (a - b).abs().max().item() < 0.02
 
@@ -280,8 +288,9 @@ def test_explicit_attention_is_restored(tiny_cass):
     fast = torch.backends.mha.get_fastpath_enabled()
     with explicit_attention(m.vfm.vit):
         assert not torch.backends.mha.get_fastpath_enabled()
-        assert not any(b.attn.fused_attn for b in m.vfm.vit.blocks)
+        assert all("forward" in b.attn.__dict__ for b in m.vfm.vit.blocks)   # the explicit (timm non-fused) path
     assert [b.attn.fused_attn for b in m.vfm.vit.blocks] == before
+    assert not any("forward" in b.attn.__dict__ for b in m.vfm.vit.blocks)
     assert torch.backends.mha.get_fastpath_enabled() == fast
 
 

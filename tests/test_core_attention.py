@@ -251,3 +251,34 @@ def test_maskclip_is_identity_attention_and_reduced_value_path(tiny_clip):
         a2 = A.last_block(clip, t2, "identity")
     changed = (a1 != a2).any(-1)[0]
     assert changed.nonzero().flatten().tolist() == [5]
+
+
+def test_explicit_attention_hand_computed_and_row_chunks_change_no_bit():
+    # one head, 2 tokens, d = 4 (s = 1/2): q0·k = (2, 0) -> scores (1, 0); q1·k = (0, 0) -> uniform
+    q = torch.tensor([[[[2., 0, 0, 0], [0, 0, 0, 0]]]])
+    k = torch.tensor([[[[1., 0, 0, 0], [0, 1, 0, 0]]]])
+    v = torch.tensor([[[[1., 0], [0, 1]]]])
+    e = math.e
+    want = torch.tensor([[[[e / (e + 1), 1 / (e + 1)], [0.5, 0.5]]]])
+    torch.testing.assert_close(A.explicit_attention(q, k, v), want)
+    # the official three steps on a DINO-sized sequence: identical bits with chunks of 128 / 64 rows
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 785, 16) for _ in range(3))
+    plain = ((q * 0.25) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    for rows in (64, 128, 785):
+        assert torch.equal(A.explicit_attention(q, k, v, 0.25, rows=rows), plain)
+
+
+def test_explicit_vit_attention_is_timms_non_fused_path_bit_for_bit():
+    from ovss.backbones.vfm import explicit_vit_attention, load_vfm
+    vfm = load_vfm("tiny_vit8", "random")
+    x = torch.randn(2, 300, vfm.embed_dim)
+    attn = vfm.vit.blocks[0].attn
+    with torch.inference_mode():
+        attn.fused_attn = False
+        timm_plain = attn(x)
+        attn.fused_attn = True
+        with explicit_vit_attention(vfm.vit):
+            ours = attn(x)
+        assert "forward" not in attn.__dict__            # restored
+        assert torch.equal(ours, timm_plain)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import torch
@@ -170,6 +172,34 @@ class VFM(nn.Module):
         return t.transpose(1, 2).reshape(t.shape[0], -1, h, w)
 
     forward = features
+
+
+def _explicit_forward(attn: nn.Module, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+    """timm ``Attention.forward`` with its non-fused arithmetic, row-chunked (`attention.explicit_attention`)."""
+    from .attention import explicit_attention
+    if attn_mask is not None or is_causal or getattr(attn, "gate", None) is not None:
+        raise NotImplementedError("explicit ViT attention: masks and gates are not used by the proxies")
+    B, N, _ = x.shape
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    o = explicit_attention(q, k, v, attn.scale)
+    o = attn.norm(o.transpose(1, 2).reshape(B, N, -1))
+    return attn.proj_drop(attn.proj(o))
+
+
+@contextmanager
+def explicit_vit_attention(vit: nn.Module):
+    """Run a timm ViT's attention as the explicit softmax((q·s)·kᵀ)·v (the official DINO / timm non-fused
+    arithmetic, bit for bit) instead of SDPA, restored afterwards."""
+    mods = [b.attn for b in vit.blocks]
+    for a in mods:
+        a.forward = partial(_explicit_forward, a)
+    try:
+        yield
+    finally:
+        for a in mods:
+            del a.forward
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backbones.vfm import IMAGENET_MEAN, IMAGENET_STD
+from ..backbones.vfm import IMAGENET_MEAN, IMAGENET_STD, explicit_vit_attention
 from ..errors import InputError
 from ..inference.spectral import (match_heads, profile_cost, randomized_svd, range_match, rescale_singular_values,
                                   spectral_profile, top_eigenvalues)
@@ -115,23 +115,19 @@ def rebuild_uint8(x: torch.Tensor) -> np.ndarray:
 @contextmanager
 def explicit_attention(vit):
     """Run CLIP's ``nn.MultiheadAttention`` blocks without the fused fast path and a timm ViT's attention as the
-    explicit ``softmax(q·kᵀ·s)·v``, the kernels of the official code (restored afterwards).
+    explicit ``softmax(q·kᵀ·s)·v`` (`vfm.explicit_vit_attention`), the kernels of the official code (restored
+    afterwards).
 
     The head matching is a Hungarian assignment whose optimum is often tied up to one float32 ulp (profile
     costs of the form f(i) + g(j)); which pairing wins is then decided by the last bit of the keys, so they are
     computed with the official arithmetic."""
     fast = torch.backends.mha.get_fastpath_enabled()
-    blocks = [b.attn for b in vit.blocks if hasattr(b.attn, "fused_attn")]
-    fused = [a.fused_attn for a in blocks]
     torch.backends.mha.set_fastpath_enabled(False)
-    for a in blocks:
-        a.fused_attn = False
     try:
-        yield
+        with explicit_vit_attention(vit):
+            yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
-        for a, f in zip(blocks, fused):
-            a.fused_attn = f
 
 
 class CASS(DenseMethod):
