@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import ovss
 from ovss.images import load_image
 from ovss.inference.resize import MMSEG_MEAN, MMSEG_STD, mmseg_normalize, mmseg_resize, mmseg_scale
-from ovss.inference.window import accumulate_windows, centre_pad, gather_windows, slide_inference, window_boxes
+from ovss.inference.window import (accumulate_windows, centre_pad, gather_windows, slide_inference,
+                                   slide_inference_many, window_boxes)
 
 
 # ---------------------------------------------------------------------------------------------- boxes
@@ -118,6 +119,29 @@ def test_slide_inference_matches_an_explicit_window_loop():
         acc[:, y1:y2, x1:x2] += fwd(img[:, :, y1:y2, x1:x2])[0]
         cnt[y1:y2, x1:x2] += 1
     torch.testing.assert_close(out, acc / cnt, rtol=1e-6, atol=1e-6)
+
+
+def test_slide_inference_many_shares_forward_calls_and_equals_one_image_at_a_time():
+    g = torch.Generator().manual_seed(2)
+    # 30 x 20 is narrower than the crop: its windows (24 x 20) form their own group
+    imgs = [torch.randn(1, 2, h, w, generator=g) for h, w in [(45, 70), (30, 20), (24, 24), (50, 41)]]
+    aux = [torch.randn(1, *im.shape[-2:], generator=g) for im in imgs]
+    calls = []
+
+    def fwd(win, a):   # position-dependent and per window, so a window sent to the wrong image shows
+        calls.append(tuple(win.shape))
+        ramp = torch.linspace(0, 1, win.shape[-1])
+        return torch.stack([win[:, 0] * ramp, win[:, 1] ** 2, win.sum(1) + a[:, 0]], dim=1)
+
+    single = [slide_inference(im, 24, 16, fwd, pad_multiple=8, batch_size=2, aux=a, aux_pad=-1)
+              for im, a in zip(imgs, aux)]
+    n_single, calls[:] = len(calls), []
+    many = slide_inference_many(imgs, 24, 16, fwd, pad_multiple=8, batch_size=5, aux=aux, aux_pad=-1)
+    assert all(torch.equal(a, b) for a, b in zip(single, many))
+    assert [len(window_boxes(*im.shape[-2:], 24, 16)) for im in imgs] == [12, 2, 1, 9]
+    assert n_single == 6 + 1 + 1 + 5
+    # 22 windows of 24 x 24 (images 0, 2, 3) in calls of <= 5, then the 2 windows of 24 x 20 (padded to 24 x 24)
+    assert calls == [(5, 2, 24, 24)] * 4 + [(2, 2, 24, 24), (2, 2, 24, 24)]
 
 
 # ---------------------------------------------------------------------------------------------- methods

@@ -1,6 +1,7 @@
 """Sliding-window inference (spec §1.6), batched: the windows of an image all have the same size, so they go
 through the network together, and their logits are accumulated with one `index_add_` (no Python loop over
-windows or pixels)."""
+windows or pixels). `slide_inference_many` does the same for several images at once: windows of one shape share
+the forward passes (`ovss eval --batch-size`)."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -63,21 +64,20 @@ def centre_pad(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
     return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
 
 
-def slide_inference(img: torch.Tensor, crop: int, stride: int,
-                    forward: Callable[[torch.Tensor], torch.Tensor], pad_multiple: Optional[int] = None,
-                    batch_size: int = 8, aux: Optional[torch.Tensor] = None, aux_pad: float = 0) -> torch.Tensor:
-    """img (1, C, H, W) -> (Q, H, W) averaged window logits.
-
-    `forward(windows (n, C, h, w)) -> (n, Q, h, w)` logits at the window's pixel size. With `pad_multiple`, every
-    window is zero-padded (centred) to the next multiple first and its logits cropped back (ClearCLIP: the patch
-    size; ProxyCLIP: 56). With `aux` (A, H, W), e.g. a region map, its windows (n, A, h, w), padded with
-    `aux_pad`, are passed too: `forward(windows, aux_windows)` (CorrCLIP)."""
-    _, C, H, W = img.shape
+def cut_windows(img: torch.Tensor, crop: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """img (C, H, W) -> its windows (n, C, ch, cw) and their boxes (n, 4) (window_boxes)."""
     if stride > crop:
         raise InputError(f"slide_stride={stride} is larger than slide_crop={crop}: the windows would leave gaps")
-    boxes = window_boxes(H, W, crop, stride)
-    windows = gather_windows(img[0], boxes)
-    aux_windows = gather_windows(aux, boxes) if aux is not None else None
+    boxes = window_boxes(img.shape[-2], img.shape[-1], crop, stride)
+    return gather_windows(img, boxes), boxes
+
+
+def forward_windows(windows: torch.Tensor, forward: Callable[..., torch.Tensor], pad_multiple: Optional[int] = None,
+                    batch_size: int = 8, aux_windows: Optional[torch.Tensor] = None,
+                    aux_pad: float = 0) -> torch.Tensor:
+    """Windows of one shape (n, C, h, w) -> forward's logits (n, Q, h, w), `batch_size` windows per call; with
+    `pad_multiple` each window is zero-padded (centred) first and its logits cropped back; `aux_windows`
+    (n, A, h, w), padded with `aux_pad`, are passed along: `forward(windows, aux_windows)`."""
     h, w = windows.shape[-2:]
     pad = centre_pad(h, w, pad_multiple) if pad_multiple else (0, 0, 0, 0)
     outs = []
@@ -91,4 +91,42 @@ def slide_inference(img: torch.Tensor, crop: int, stride: int,
         if any(pad):
             out = out[:, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w]
         outs.append(out)
-    return accumulate_windows(torch.cat(outs), boxes, H, W)
+    return torch.cat(outs)
+
+
+def _cat(ts: list[torch.Tensor]) -> torch.Tensor:
+    return ts[0] if len(ts) == 1 else torch.cat(ts)    # one image: no copy
+
+
+def slide_inference_many(imgs: list[torch.Tensor], crop: int, stride: int,
+                         forward: Callable[..., torch.Tensor], pad_multiple: Optional[int] = None,
+                         batch_size: int = 8, aux: Optional[list[torch.Tensor]] = None,
+                         aux_pad: float = 0) -> list[torch.Tensor]:
+    """Images (1, C, H_i, W_i) -> their (Q, H_i, W_i) averaged window logits, each as `slide_inference` gives it;
+    the windows of all images that share a shape (all but those of images smaller than the crop) go through
+    `forward` together, `batch_size` per call. `aux`: one (A, H_i, W_i) map per image (see slide_inference)."""
+    cuts = [cut_windows(img[0], crop, stride) for img in imgs]
+    aux_cuts = [gather_windows(a, boxes) for a, (_, boxes) in zip(aux, cuts)] if aux is not None else None
+    groups: dict[tuple, list[int]] = {}
+    for i, (windows, _) in enumerate(cuts):
+        groups.setdefault(tuple(windows.shape[-2:]), []).append(i)
+    out: list = [None] * len(imgs)
+    for members in groups.values():
+        logits = forward_windows(_cat([cuts[i][0] for i in members]), forward, pad_multiple, batch_size,
+                                 _cat([aux_cuts[i] for i in members]) if aux_cuts is not None else None, aux_pad)
+        for i, part in zip(members, logits.split([len(cuts[i][1]) for i in members])):
+            out[i] = accumulate_windows(part, cuts[i][1], *imgs[i].shape[-2:])
+    return out
+
+
+def slide_inference(img: torch.Tensor, crop: int, stride: int,
+                    forward: Callable[[torch.Tensor], torch.Tensor], pad_multiple: Optional[int] = None,
+                    batch_size: int = 8, aux: Optional[torch.Tensor] = None, aux_pad: float = 0) -> torch.Tensor:
+    """img (1, C, H, W) -> (Q, H, W) averaged window logits.
+
+    `forward(windows (n, C, h, w)) -> (n, Q, h, w)` logits at the window's pixel size. With `pad_multiple`, every
+    window is zero-padded (centred) to the next multiple first and its logits cropped back (ClearCLIP: the patch
+    size; ProxyCLIP: 56). With `aux` (A, H, W), e.g. a region map, its windows (n, A, h, w), padded with
+    `aux_pad`, are passed too: `forward(windows, aux_windows)` (CorrCLIP)."""
+    return slide_inference_many([img], crop, stride, forward, pad_multiple, batch_size,
+                                None if aux is None else [aux], aux_pad)[0]
