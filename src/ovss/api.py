@@ -1,4 +1,5 @@
-"""`ovss.Segmenter`: one constructor and three calls for every method (spec/api.md)."""
+"""`ovss.Segmenter`: one constructor and three calls for every method (spec/api.md), plus batched `run_batch` /
+`predict_batch`."""
 from __future__ import annotations
 
 import os
@@ -155,6 +156,12 @@ class Segmenter:
         img = image if isinstance(image, LoadedImage) else load_image(image)
         return self.method(img)
 
+    def run_batch(self, images: list[ImageInput]) -> list[Prediction]:
+        """`run` of several images, in order; methods that can (see `Method.forward_batch`) send the sliding windows
+        of all of them through the backbone together (fewer, larger batches: faster on a GPU)."""
+        imgs = [im if isinstance(im, LoadedImage) else load_image(im) for im in images]
+        return self.method.forward_batch(imgs)
+
     def predict_logits(self, image: ImageInput) -> torch.Tensor:
         """(K, H, W) float32 logits at the image's size; softmax over K = the method's class probabilities."""
         return self.run(image).logits
@@ -162,6 +169,10 @@ class Segmenter:
     def predict(self, image: ImageInput) -> torch.Tensor:
         """(H, W) int64 labels after the method's own label rule."""
         return self.run(image).labels
+
+    def predict_batch(self, images: list[ImageInput]) -> list[torch.Tensor]:
+        """`predict` of several images (one (H_i, W_i) int64 tensor each), through `run_batch`."""
+        return [p.labels for p in self.run_batch(images)]
 
     def segment(self, image: ImageInput) -> SegmentationResult:
         img = image if isinstance(image, LoadedImage) else load_image(image)

@@ -8,7 +8,8 @@ A method is a small ``torch.nn.Module`` subclass of :class:`Method` with
   the official code;
 * ``PRESETS``: benchmark key -> the values the official config of that benchmark sets (plain dicts,
   transcribed from ``spec/protocols.md``), plus ``DEFAULT_PRESET`` used for ``preset=None``;
-* ``__init__(self, params, models, classes)`` and ``forward(image) -> Prediction``.
+* ``__init__(self, params, models, classes)`` and ``forward(image) -> Prediction`` (``forward_batch(images)``:
+  one per image by default).
 """
 from __future__ import annotations
 
@@ -110,3 +111,8 @@ class Method(torch.nn.Module):
 
     def forward(self, image) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def forward_batch(self, images: list) -> list[Prediction]:
+        """Predictions of several images, each exactly `forward(image)`; a method that can share the backbone's
+        forward passes between images overrides this (DenseMethod: their sliding windows)."""
+        return [self(im) for im in images]

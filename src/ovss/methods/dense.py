@@ -18,7 +18,7 @@ from ..images import LoadedImage
 from ..inference.pamr import pamr
 from ..inference.probs import class_log_probs, threshold_labels
 from ..inference.resize import mmseg_normalize, mmseg_resize
-from ..inference.window import slide_inference
+from ..inference.window import slide_inference_many
 from ..text import ClassList, encode_queries, load_templates
 from ..text.templates import resource_path
 from .base import Method, Models, Params, Prediction
@@ -47,6 +47,10 @@ class DenseParams(Params):
     pamr_dilations: tuple = (8, 16)
     synonym_rule: str = "max"      # "max" or Trident's "first"
     window_batch: int = 8          # windows per forward pass
+
+
+# the steps of DenseMethod.forward that forward_batch runs for several images at once
+PIPELINE = ("forward", "preprocess", "cosine_logits", "slide_logits", "finish")
 
 
 class DenseMethod(Method):
@@ -98,13 +102,19 @@ class DenseMethod(Method):
         rgb = mmseg_resize(image.rgb, self.params.short_side, self.params.long_side_cap)
         return mmseg_normalize(rgb, device=self.models.device, dtype=self.models.dtype)
 
+    def slide_logits(self, xs: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Network inputs (1, 3, H_i, W_i) -> sliding-window cosine logits (Q, h_i, w_i) at the original sizes; the
+        windows of all inputs share forward passes of `window_batch` x len(xs) windows."""
+        p = self.params
+        coss = slide_inference_many(xs, p.slide_crop, p.slide_stride, self.window_logits,
+                                    pad_multiple=p.pad_multiple or None, batch_size=p.window_batch * len(xs))
+        return [F.interpolate(c[None], size=s, mode="bilinear", align_corners=False)[0] for c, s in zip(coss, sizes)]
+
     def cosine_logits(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Network input (1, 3, H, W) -> cosine logits (Q, h0, w0) at the original size."""
         p = self.params
         if p.slide_crop > 0:
-            cos = slide_inference(x, p.slide_crop, p.slide_stride, self.window_logits,
-                                  pad_multiple=p.pad_multiple or None, batch_size=p.window_batch)
-            return F.interpolate(cos[None], size=size, mode="bilinear", align_corners=False)[0]
+            return self.slide_logits([x], [size])[0]
         if p.whole_double_resize:
             cos = self.window_logits(x)
         else:
@@ -115,16 +125,41 @@ class DenseMethod(Method):
         """Cosine logits (Q, H, W) -> log class probabilities (K, H, W); subclasses add their filters."""
         return class_log_probs(cos, self.classes.query_to_class, self.params.logit_scale, self.params.synonym_rule)
 
-    @torch.inference_mode()
-    def forward(self, image: LoadedImage) -> Prediction:
-        x = self.preprocess(image)
-        size = image.size
-        cos = self.cosine_logits(x, size)
+    def finish(self, x: torch.Tensor, cos: torch.Tensor) -> Prediction:
+        """Network input (1, 3, H, W) and cosine logits (Q, h0, w0) at the original size -> the Prediction: PAMR
+        (guided by the input at that size), class scores, the label rule."""
         if self.params.pamr_steps > 0:
-            img = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+            img = F.interpolate(x.float(), size=cos.shape[-2:], mode="bilinear", align_corners=False)
             cos = pamr(img, cos[None], self.params.pamr_steps, self.params.pamr_dilations)[0]
         logp = self.class_scores(cos)
         return Prediction(logits=logp.float().cpu(), labels=threshold_labels(logp, self.params.prob_thd).cpu())
+
+    @torch.inference_mode()
+    def forward(self, image: LoadedImage) -> Prediction:
+        x = self.preprocess(image)
+        return self.finish(x, self.cosine_logits(x, image.size))
+
+    @classmethod
+    def shared_pipeline(cls) -> bool:
+        """True when the class predicts with DenseMethod's own pipeline: it overrides none of the steps
+        `forward_batch` reorders (only what windows become: patch_features, window_logits, class_scores...)."""
+        return all(getattr(cls, n) is getattr(DenseMethod, n) for n in PIPELINE)
+
+    def batches_windows(self) -> bool:
+        """Whether `forward_batch` shares window forward passes between images: the shared pipeline, in
+        sliding-window mode."""
+        return self.params.slide_crop > 0 and self.shared_pipeline()
+
+    @torch.inference_mode()
+    def forward_batch(self, images: list[LoadedImage]) -> list[Prediction]:
+        """The windows of all images through `window_logits` together (see `batches_windows`; otherwise one image
+        at a time); each Prediction is bit-identical to `forward(image)` as long as the backbone's results for a
+        window do not depend on the other windows of its batch."""
+        if len(images) < 2 or not self.batches_windows():
+            return super().forward_batch(images)
+        xs = [self.preprocess(im) for im in images]
+        coss = self.slide_logits(xs, [im.size for im in images])
+        return [self.finish(x, cos) for x, cos in zip(xs, coss)]
 
 
 def presets_table(short: dict, slide: dict, scale: dict, thd: dict, files: Optional[tuple[str, str]] = None,
