@@ -20,12 +20,12 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _eval(args, nproc=1, cwd=None, check=True):
+def _eval(args, nproc=1, cwd=None, check=True, factory="fakeseg:make"):
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     head = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
              f"--master_port={_port()}", "-m", "ovss"] if nproc > 1 else [sys.executable, "-m", "ovss"])
-    p = subprocess.run(head + ["eval", "--factory", "fakeseg:make", "--no-progress", *args], env=env, cwd=cwd,
+    p = subprocess.run(head + ["eval", "--factory", factory, "--no-progress", *args], env=env, cwd=cwd,
                        capture_output=True, text=True, timeout=240)
     if check:
         assert p.returncode == 0, p.stdout + p.stderr

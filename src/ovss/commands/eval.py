@@ -51,6 +51,9 @@ def register(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip missing/corrupt/malformed samples, list them at the end")
     p.add_argument("--prefetch", type=int, default=2, metavar="N",
                    help="background threads reading the next images while the model runs (default 2; 0 = off)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="images per model call: the sliding windows of N images share the backbone's batches "
+                        "(for GPUs; default 1)")
     p.add_argument("--device", default=None)
     for name in ("clip", "clip-weights", "vfm", "vfm-weights", "sam", "sam-weights", "sd-weights"):
         p.add_argument(f"--{name}", default=None)
@@ -107,7 +110,8 @@ def run(args) -> int:
                                  limit=args.limit, clip=args.clip, clip_weights=args.clip_weights, vfm=args.vfm,
                                  vfm_weights=args.vfm_weights, sam=args.sam, sam_weights=args.sam_weights,
                                  sd_weights=args.sd_weights, device=args.device, overrides=dict(overrides),
-                                 skip_bad=args.skip_bad, prefetch=max(0, args.prefetch))
+                                 skip_bad=args.skip_bad, prefetch=max(0, args.prefetch),
+                                 batch_size=args.batch_size)
                 out = out_root / m / d if (table or not args.out) else out_root
                 r = evaluate(cfg, out, resume=args.resume, overwrite=args.overwrite, factory=factory,
                              progress=not args.no_progress, save_interval=args.save_interval, dist_info=info,

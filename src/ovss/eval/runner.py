@@ -1,10 +1,11 @@
 """``ovss eval``: run a method over a benchmark with its official protocol and score it.
 
 The runner uses the public API only: ``ovss.Segmenter(method=M, classes=None, preset=<dataset key>, ...)`` and
-``seg.predict(image_path)``. Two optional hooks of the Segmenter are honoured: ``label_offset`` (the method's
-label ``l`` means dataset class ``l - offset``; a negative result is a "no class" prediction that counts as a
-miss) and ``target_transform(gt)`` (the ground truth as the protocol evaluates it, e.g. CLIPtrase's centre
-crop). A different segmenter can be injected with ``factory`` (tests, custom models).
+``seg.predict(image)``, or ``seg.predict_batch(images)`` for groups of ``batch_size`` images where the segmenter
+has it. Two optional hooks of the Segmenter are honoured: ``label_offset`` (the method's label ``l`` means
+dataset class ``l - offset``; a negative result is a "no class" prediction that counts as a miss) and
+``target_transform(gt)`` (the ground truth as the protocol evaluates it, e.g. CLIPtrase's centre crop). A different
+segmenter can be injected with ``factory`` (tests, custom models).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class EvalConfig:
     overrides: dict = field(default_factory=dict)
     skip_bad: bool = False
     prefetch: int = 2                     # background threads reading the next images + ground truths (0 = none)
+    batch_size: int = 1                   # consecutive images per model call (Segmenter.predict_batch)
 
     @property
     def effective_preset(self) -> str:
@@ -148,15 +150,40 @@ def _to_labels(pred) -> torch.Tensor:
     return t.to(torch.int64)
 
 
+def _model_input(image):
+    """What the segmenter is given: a LoadedImage decoded ahead by a prefetch worker, or the path as a string."""
+    return str(image) if isinstance(image, Path) else image
+
+
 def _predict(seg, image) -> torch.Tensor:
     """Labels for one image (a path, or a LoadedImage decoded ahead by a prefetch worker)."""
     try:
-        return _to_labels(seg.predict(image if not isinstance(image, Path) else str(image)))
+        return _to_labels(seg.predict(_model_input(image)))
     except DataError:
         raise
     except (InputError, OSError) as e:
         path = getattr(image, "path", image)   # the method's own input error (e.g. a bad region-mask file) names its file
         raise DataError(f"cannot segment image {path}: {e}", path, "corrupt") from None
+
+
+def _group_predictor(seg, images: list) -> Callable[[int], torch.Tensor]:
+    """Labels of `images[j]` on demand (None entries: no model call). The images of the group go through one
+    `seg.predict_batch` call when the segmenter has one and there are several; otherwise, or when that call
+    raises an input error, each image is predicted by itself when asked for (`_predict`), so an error names its
+    image and surfaces at its place in the order."""
+    todo = [j for j, im in enumerate(images) if im is not None]
+    batch = getattr(seg, "predict_batch", None)
+    preds: dict = {}
+    if callable(batch) and len(todo) > 1:
+        try:
+            out = list(batch([_model_input(images[j]) for j in todo]))
+        except (InputError, OSError):       # which image? each one alone tells
+            out = None
+        if out is not None:
+            if len(out) != len(todo):
+                raise OvssError(f"predict_batch() returned {len(out)} predictions for {len(todo)} images")
+            preds = dict(zip(todo, out))
+    return lambda j: _to_labels(preds.pop(j)) if j in preds else _predict(seg, images[j])
 
 
 def _read_sample(ds: SegDataset, s, decode: bool):
@@ -176,10 +203,11 @@ def _read_sample(ds: SegDataset, s, decode: bool):
         raise DataError(f"cannot read image {s.image}: {e}", s.image, "corrupt") from None
 
 
-def _ahead(fn: Callable, items: list, workers: int):
-    """Yield (item, Future of fn(item)) in order; with `workers` > 0 threads compute up to 2 x workers items ahead
-    (decoding releases the GIL), otherwise each is computed when it is taken. Pending work is cancelled when the
-    consumer stops (an interrupt)."""
+def _ahead(fn: Callable, items: list, workers: int, depth: Optional[int] = None):
+    """Yield (item, Future of fn(item)) in order; with `workers` > 0 threads compute up to `depth` (default
+    2 x workers) items ahead (decoding releases the GIL), otherwise each is computed when it is taken. Pending work
+    is cancelled when the consumer stops (an interrupt)."""
+    depth = max(1, depth or 2 * workers)
     if workers <= 0:
         for it in items:
             f: Future = Future()
@@ -195,16 +223,36 @@ def _ahead(fn: Callable, items: list, workers: int):
         it = iter(items)
         for x in it:
             queue.append((x, pool.submit(fn, x)))
-            if len(queue) >= 2 * workers:
+            if len(queue) >= depth:
                 break
         while queue:
             x, f = queue.popleft()
-            nxt = next(it, None) if len(queue) < 2 * workers else None
+            nxt = next(it, None) if len(queue) < depth else None
             if nxt is not None:
                 queue.append((nxt, pool.submit(fn, nxt)))
             yield x, f
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _groups(pairs, n: int):
+    """Consecutive groups of up to n items of an iterator, as lists."""
+    group: list = []
+    for p in pairs:
+        group.append(p)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _settle(f: Future):
+    """A read's result, or the exception it raised (re-raised at the sample's turn)."""
+    try:
+        return f.result()
+    except Exception as e:  # noqa: BLE001
+        return e
 
 
 class _Broadcast(Exception):
@@ -224,6 +272,8 @@ def evaluate(cfg: EvalConfig, out_dir, *, resume: bool = False, overwrite: bool 
     factory = factory or default_factory
     if cfg.metric not in METRICS:
         raise InputError(f"unknown metric {cfg.metric!r}; choose from {', '.join(METRICS)}")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise InputError(f"batch size {cfg.batch_size!r}: give a whole number of images >= 1 (1 = one at a time)")
     t0 = time.time()
     out = Path(out_dir)
     ds = get_dataset(cfg.dataset, cfg.data_root, cfg.layout, cfg.ignore_index)
@@ -287,38 +337,50 @@ def evaluate(cfg: EvalConfig, out_dir, *, resume: bool = False, overwrite: bool 
     try:
         from ..api import Segmenter
         decode = isinstance(seg, Segmenter)
-        reader = _ahead(lambda i: _read_sample(ds, samples[i], decode), mine, cfg.prefetch)
+        # the reader keeps the next group (and more) in flight while the model runs on this one
+        reader = _ahead(lambda i: _read_sample(ds, samples[i], decode), mine, cfg.prefetch,
+                        depth=max(2 * cfg.prefetch, cfg.batch_size))
         with _sigterm_as_interrupt(), closing(reader):
-            for n, (idx, ahead) in enumerate(reader):
-                s = samples[idx]
-                try:
-                    gt, image = ahead.result()
-                    if image is None:
-                        sess.empty += 1           # contributes nothing to any metric: skip the model
-                    else:
-                        pred = _predict(seg, image)
-                        if target_transform is not None:
-                            gt = np.asarray(target_transform(gt))
-                        if offset:
-                            pred = pred - offset
-                        if tuple(pred.shape) != tuple(gt.shape):
-                            raise OvssError(f"{cfg.method}: prediction for {s.image} is {tuple(pred.shape)} but the "
-                                            f"ground truth {s.ann} is {tuple(gt.shape)} (after the protocol's transform)")
-                        cm.update(pred, gt)
-                except DataError as e:
-                    if not cfg.skip_bad:
-                        raise DataError(f"{e} (use --skip-bad to skip bad samples and list them at the end)",
-                                        e.path, e.kind) from None
-                    sess.bad.append({"index": idx, "stem": s.stem, "file": e.path, "kind": e.kind, "error": str(e)})
-                sess.done.add(idx)
-                since_save += 1
-                if (save_every and since_save >= save_every) or (not save_every and time.time() - last_save >= save_interval):
-                    save()
-                if bar is not None:
-                    bar.update(1)
-                    if n % 10 == 0 or n == len(mine) - 1:
-                        bar.set_postfix_str(f"mIoU {compute_metrics(base.mat + cm.numpy()).summary['mIoU']:.2f} (so far)",
-                                            refresh=False)
+            n = 0
+            for group in _groups(reader, cfg.batch_size):
+                reads = [_settle(ahead) for _, ahead in group]      # (gt, image) or the read's error, in order
+                labels_of = _group_predictor(seg, [None if isinstance(r, Exception) else r[1] for r in reads])
+                for j, (idx, _) in enumerate(group):
+                    s = samples[idx]
+                    try:
+                        if isinstance(reads[j], Exception):
+                            raise reads[j]
+                        gt, image = reads[j]
+                        if image is None:
+                            sess.empty += 1           # contributes nothing to any metric: skip the model
+                        else:
+                            pred = labels_of(j)
+                            if target_transform is not None:
+                                gt = np.asarray(target_transform(gt))
+                            if offset:
+                                pred = pred - offset
+                            if tuple(pred.shape) != tuple(gt.shape):
+                                raise OvssError(f"{cfg.method}: prediction for {s.image} is {tuple(pred.shape)} but "
+                                                f"the ground truth {s.ann} is {tuple(gt.shape)} (after the protocol's "
+                                                "transform)")
+                            cm.update(pred, gt)
+                    except DataError as e:
+                        if not cfg.skip_bad:
+                            raise DataError(f"{e} (use --skip-bad to skip bad samples and list them at the end)",
+                                            e.path, e.kind) from None
+                        sess.bad.append({"index": idx, "stem": s.stem, "file": e.path, "kind": e.kind,
+                                         "error": str(e)})
+                    sess.done.add(idx)
+                    since_save += 1
+                    if (save_every and since_save >= save_every) or (not save_every and
+                                                                      time.time() - last_save >= save_interval):
+                        save()
+                    if bar is not None:
+                        bar.update(1)
+                        if n % 10 == 0 or n == len(mine) - 1:
+                            bar.set_postfix_str(f"mIoU {compute_metrics(base.mat + cm.numpy()).summary['mIoU']:.2f} "
+                                                "(so far)", refresh=False)
+                    n += 1
     except BaseException:
         save()
         if bar is not None:
