@@ -23,11 +23,19 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _rss_peak_mb() -> float:
+def rss_peak_mb() -> float:
     import resource
     import sys
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def synthetic_image(w: int, h: int, seed: int = 0):
+    """A smooth synthetic (h, w, 3) uint8 image: 8x8 blocks of random colour (noise is an unusual input for
+    attention but costs the same)."""
+    import numpy as np
+    base = np.random.default_rng(seed).integers(0, 255, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    return np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
 
 
 def run(args) -> int:
@@ -57,10 +65,7 @@ def run(args) -> int:
     if args.image:
         image = ovss.images.load_image(args.image)
     else:
-        rng = np.random.default_rng(0)
-        # a smooth synthetic image (noise is an unusual input for attention but costs the same)
-        base = rng.integers(0, 255, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-        image = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
+        image = synthetic_image(w, h)
     from .. import floor as F
 
     cuda = seg.device.type == "cuda"
@@ -89,7 +94,7 @@ def run(args) -> int:
         "load_s": round(t_load, 2), "images_per_s": round(float(len(t) / t.sum()), 3),
         "latency_s": {"mean": round(float(t.mean()), 3), "p50": round(float(np.percentile(t, 50)), 3),
                       "p90": round(float(np.percentile(t, 90)), 3), "max": round(float(t.max()), 3)},
-        "peak_mem_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else _rss_peak_mb(), 1),
+        "peak_mem_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else rss_peak_mb(), 1),
         "peak_mem_kind": "cuda max allocated" if cuda else "process peak RSS",
     }
     if passes is not None:
