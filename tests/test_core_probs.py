@@ -205,3 +205,13 @@ def test_naclip_applies_pamr_to_cosine_logits_before_the_softmax(smooth_rgb):
         xi = F.interpolate(x.float(), size=img.size, mode="bilinear", align_corners=False)
         ref = class_log_probs(pamr(xi, cos[None], 2, (1, 2))[0], (0, 1, 2), 40.0)
     torch.testing.assert_close(seg.predict_logits(img), ref.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_pamr_channel_chunks_change_nothing():
+    # the channels never interact: refining 1, 3 or all 7 of them at a time gives the same values
+    g = torch.Generator().manual_seed(0)
+    x, m = torch.rand(1, 3, 21, 34, generator=g), torch.randn(1, 7, 21, 34, generator=g)
+    full = pamr(x, m, iters=3, dilations=(2, 4), chunk=7)
+    for chunk in (1, 3):
+        assert torch.equal(pamr(x, m, iters=3, dilations=(2, 4), chunk=chunk), full)
+    assert not torch.equal(pamr(x, m, iters=2, dilations=(2, 4)), full)
