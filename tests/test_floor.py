@@ -88,3 +88,25 @@ def test_bench_floor_json(capsys):
     assert res["floor_s"] > 0 and res["floor_passes"] == "clip 4x3x32x32"
     # the ratio is of the medians (p50 is printed to the millisecond)
     assert res["floor_ratio"] == pytest.approx(res["latency_s"]["p50"] / res["floor_s"], abs=6e-4 / res["floor_s"])
+
+
+def test_a_mask_generators_own_generate_call_is_a_floor_pass():
+    from types import SimpleNamespace
+
+    from ovss.backbones.mask_generator import MaskGenerator
+
+    calls = []
+
+    class FakeAMG:    # the library's automatic mask generator: generate(rgb) -> [{"segmentation": (H, W) bool}]
+        def generate(self, rgb):
+            calls.append(rgb.shape)
+            return [{"segmentation": rgb[..., 0] > 100}]
+
+    gen = MaskGenerator(FakeAMG(), "sam2", "hiera_l", torch.device("cpu"), torch.float32, {})
+    method = SimpleNamespace(models=None, _generator=gen)
+    rgb = np.ascontiguousarray(IMAGE)
+    regions, passes = F.record_passes(method, lambda: gen(rgb))
+    assert regions.shape == (40, 56) and [p.label() for p in passes] == ["mask_generator 40x56x3"]
+    assert "generate" not in gen.amg.__dict__           # the library's method is back
+    F.replay(passes)
+    assert calls == [(40, 56, 3)] * 2
