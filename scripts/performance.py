@@ -33,7 +33,7 @@ SLOW = {"itaclip": 1, "cliper": 1, "cliper_elf": 1}      # methods timed with fe
 BIG_FRAME_OVERRIDES = {"itaclip": {"slide_stride": 112}}
 
 
-def _models(method: str) -> dict:
+def _models() -> dict:
     return dict(clip_weights="random", vfm_weights="random", sam_weights="random", sd_weights="random")
 
 
@@ -92,19 +92,15 @@ def measure_one(method: str, runs: int, out: Path) -> None:
     res: dict = {"method": method, "threads": torch.get_num_threads(), "runs": runs}
 
     def segmenter(preset, dtype, **kw):
-        return ovss.Segmenter(method=method, preset=preset, dtype=dtype, device="cpu", **_models(method),
+        return ovss.Segmenter(method=method, preset=preset, dtype=dtype, device="cpu", **_models(),
                               **extra, **kw)
 
     t0 = time.perf_counter()
     seg = segmenter("voc21", "fp32")
     res["load_s"] = round(time.perf_counter() - t0, 1)
     syn = loaded["synthetic_500x375"]
-    _, passes = F.record_passes(seg.method, lambda: seg.predict_logits(syn))   # also the warm-up run
-    F.replay(passes)
-    times, floors = [], []
-    for _ in range(runs):
-        times.append(F.timed(lambda: seg.predict_logits(syn), False))
-        floors.append(F.timed(lambda: F.replay(passes), False))
+    # the recorded run is also the warm-up
+    times, floors, passes = F.interleaved(lambda: seg.predict_logits(syn), runs, False, seg.method)
     res["fp32"] = {"synthetic_500x375": float(np.median(times))}
     res["floor_s"] = float(np.median(floors))
     res["floor_ratio"] = res["fp32"]["synthetic_500x375"] / res["floor_s"]
@@ -151,6 +147,7 @@ def eval_throughput(n_images: int = 20) -> dict:
 
     from PIL import Image
 
+    from ovss.commands.bench import synthetic_image
     from ovss.eval.runner import EvalConfig, evaluate
     sys.path.insert(0, str(ROOT / "tests"))
     import fakedata
@@ -158,9 +155,9 @@ def eval_throughput(n_images: int = 20) -> dict:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d) / "voc"
         fakedata.make_dataset(root, "voc21", n=n_images, sizes=[(375, 500)] * n_images, seed=0)
-        for jpg in (root / "JPEGImages").glob("*.jpg"):   # photo-like content: smooth blocks, as the bench image
-            from ovss.commands.bench import synthetic_image
-            Image.fromarray(synthetic_image(500, 375, seed=hash(jpg.stem) % 1000)).save(jpg, quality=90)
+        # photo-like content: smooth blocks, as the bench image (seeded by position: the same set every run)
+        for i, jpg in enumerate(sorted((root / "JPEGImages").glob("*.jpg"))):
+            Image.fromarray(synthetic_image(500, 375, seed=i)).save(jpg, quality=90)
         ref = None
         for prefetch, batch in ((0, 1), (2, 1), (0, 4), (2, 4)):
             cfg = EvalConfig(method="sclip", dataset="voc21", data_root=str(root), clip_weights="random",

@@ -30,7 +30,6 @@ class Pass:
     run: Callable[[], Any] = field(repr=False)
     shape: tuple = ()
     stop: Optional[str] = None
-    inputs: Any = field(default=None, repr=False)   # the UNet's (args, kwargs), bound into `run` after recording
 
     def label(self) -> str:
         dims = "x".join(str(s) for s in self.shape)
@@ -58,14 +57,15 @@ def _sam_pass(encoder, x: torch.Tensor) -> Callable[[], Any]:
     return lambda: encode(encoder, x)
 
 
-def _unet_pass(unet, args: tuple, kwargs: dict, stop: Optional[str]) -> Callable[[], Any]:
-    """The UNet with its own (stock) attention processors, stopped after module `stop` like the method's pass."""
+def _unet_pass(unet, args: tuple, kwargs: dict, p: Pass) -> Callable[[], Any]:
+    """The UNet with its own (stock) attention processors, stopped after module `p.stop` (read when run: it is
+    known once the method's pass is over) like the method's pass; None = the whole UNet."""
     def run():
         handle = None
-        if stop is not None:
+        if p.stop is not None:
             def halt(module, inputs, output):
                 raise _Stop
-            handle = dict(unet.named_modules())[stop].register_forward_hook(halt)
+            handle = dict(unet.named_modules())[p.stop].register_forward_hook(halt)
         try:
             return unet(*args, **kwargs)
         except _Stop:
@@ -121,18 +121,18 @@ def _hooks(models: dict, passes: list):
             def unet_hook(module, args, kwargs):
                 a = tuple(v.detach().clone() if torch.is_tensor(v) else v for v in args)
                 kw = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
-                # `run` is bound in record_passes, once the last attention layer the pass reached is known
-                passes.append(Pass("unet", lambda: None, tuple(a[0].shape), inputs=(a, kw)))
+                p = Pass("unet", lambda: None, tuple(a[0].shape))
+                p.run = _unet_pass(unet, a, kw, p)
+                passes.append(p)
             handles.append(unet.register_forward_pre_hook(unet_hook, with_kwargs=True))
             from diffusers.models.attention_processor import Attention
-            for name, mod in unet.named_modules():
-                if isinstance(mod, Attention):
-                    def reached(module, args, _name=name):
-                        for p in reversed(passes):
-                            if p.model == "unet":
-                                p.stop = _name
-                                break
-                    handles.append(mod.register_forward_pre_hook(reached))
+            names = [n for n, m in unet.named_modules() if isinstance(m, Attention)]
+            for name in names:
+                def reached(module, args, _name=name):   # the last one reached is where the method's pass stopped
+                    unet_passes = [p for p in passes if p.model == "unet"]
+                    if unet_passes:
+                        unet_passes[-1].stop = None if _name == names[-1] else _name
+                handles.append(dict(unet.named_modules())[name].register_forward_pre_hook(reached))
         if "mask_generator" in models:
             gen = models["mask_generator"]
             amg = gen.amg
@@ -157,15 +157,6 @@ def record_passes(method, fn: Callable[[], Any]) -> tuple[Any, list[Pass]]:
     passes: list[Pass] = []
     with _hooks(_models_of(method), passes):
         out = fn()
-    models = _models_of(method)
-    for p in passes:
-        if p.model == "unet":
-            a, kw = p.inputs
-            unet = models["sd"].unet
-            # the UNet's last reached attention layer: a pass that ran to the end needs no stop
-            last = [n for n, m in unet.named_modules() if type(m).__name__ == "Attention"][-1]
-            p.stop = None if p.stop == last else p.stop
-            p.run = _unet_pass(unet, a, kw, p.stop)
     return out, passes
 
 
@@ -182,6 +173,22 @@ def describe(passes: list[Pass]) -> str:
     for p in passes:
         counts[p.label()] = counts.get(p.label(), 0) + 1
     return ", ".join(f"{k}" + (f" x{n}" if n > 1 else "") for k, n in counts.items())
+
+
+def interleaved(run: Callable[[], Any], n: int, cuda: bool, method=None) -> tuple[list, list, Optional[list]]:
+    """Time `run` n times. With `method` (the one `run` calls), first record its passes in one untimed run and warm
+    them once, then time their replay after each run, so both see the same machine state: (times, floors, passes);
+    without it, floors and passes are empty / None."""
+    passes = None
+    if method is not None:
+        _, passes = record_passes(method, run)
+        replay(passes)
+    times, floors = [], []
+    for _ in range(n):
+        times.append(timed(run, cuda))
+        if passes is not None:
+            floors.append(timed(lambda: replay(passes), cuda))
+    return times, floors, passes
 
 
 def timed(fn: Callable[[], Any], cuda: bool) -> float:

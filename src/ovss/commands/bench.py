@@ -44,6 +44,7 @@ def run(args) -> int:
 
     import ovss
 
+    from .. import floor as F
     from ..errors import InputError
     from ..text.templates import resource_path
 
@@ -62,29 +63,17 @@ def run(args) -> int:
     t0 = time.perf_counter()
     seg = ovss.Segmenter(**kw)
     t_load = time.perf_counter() - t0
-    if args.image:
-        image = ovss.images.load_image(args.image)
-    else:
-        image = synthetic_image(w, h)
-    from .. import floor as F
-
+    # decoded once: the runs time the method, not the decoder
+    image = ovss.images.load_image(args.image if args.image else synthetic_image(w, h))
     cuda = seg.device.type == "cuda"
-    image = ovss.images.load_image(image)     # decoded once: the runs time the method, not the decoder
     run_once = lambda: seg.predict_logits(image)  # noqa: E731
-    passes = None
-    for i in range(args.warmup):
+    for _ in range(args.warmup):
         run_once()
-    if args.floor:     # one recorded run (untimed), then the passes warm once
-        _, passes = F.record_passes(seg.method, run_once)
-        F.replay(passes)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times, floors = [], []
-    for _ in range(args.n):
-        times.append(F.timed(run_once, cuda))
-        if passes is not None:      # interleaved, so both see the same machine state
-            floors.append(F.timed(lambda: F.replay(passes), cuda))
+    # with --floor: one recorded run (untimed), then the unmodified passes replayed after each timed run
+    times, floors, passes = F.interleaved(run_once, args.n, cuda, seg.method if args.floor else None)
     t = np.array(times)
     res = {
         "method": args.method, "preset": args.preset, "clip": seg.clip_name,
