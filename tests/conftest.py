@@ -50,3 +50,12 @@ def smooth_rgb() -> np.ndarray:
     img = np.kron(base, np.ones((8, 8, 1)))
     img += np.linspace(0, 30, 56)[None, :, None]
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def voc21_set(tmp_path_factory):
+    """20 small synthetic VOC21 samples of 4 sizes in the mmseg layout (the evaluation-loop tests)."""
+    import fakedata
+    root = tmp_path_factory.mktemp("voc21_set") / "d"
+    fakedata.make_dataset(root, "voc21", n=20, sizes=[(24, 32), (30, 20), (16, 16), (28, 36)] * 5, seed=3)
+    return root

@@ -134,3 +134,10 @@ def make_dataset(root: Path, key: str, layout: str = "mmseg", n: int = 4, size: 
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("".join(f"{s}\n" for s in stems))
     return raws
+
+
+def tiny_eval_config(root, **kw):
+    """EvalConfig of the CLIP baseline on the tiny random CLIP over a VOC21 folder (the evaluation-loop tests)."""
+    from ovss.eval.runner import EvalConfig
+    return EvalConfig(method="clip", dataset="voc21", data_root=str(root), clip="tiny-test", clip_weights="random",
+                      device="cpu", **kw)

@@ -103,18 +103,6 @@ def test_segmenter_predict_batch_takes_paths_arrays_and_loaded_images(images, tm
 
 
 # ---------------------------------------------------------------------------------------------- ovss eval
-@pytest.fixture(scope="module")
-def voc20(tmp_path_factory):
-    root = tmp_path_factory.mktemp("batch") / "d"
-    fakedata.make_dataset(root, "voc21", n=20, sizes=[(24, 32), (30, 20), (16, 16), (28, 36)] * 5, seed=3)
-    return root
-
-
-def _cfg(root, **kw):
-    return EvalConfig(method="clip", dataset="voc21", data_root=str(root), clip="tiny-test", clip_weights="random",
-                      device="cpu", **kw)
-
-
 def _spying(groups: list, stop_after=None):
     """A factory: the real Segmenter whose predict_batch records its group sizes (and raises KeyboardInterrupt once
     more than `stop_after` images were asked for)."""
@@ -133,11 +121,11 @@ def _spying(groups: list, stop_after=None):
 
 
 @pytest.mark.slow
-def test_eval_batch_size_equals_sequential_with_and_without_read_ahead(voc20, tmp_path, batch_clip):
-    seq = evaluate(_cfg(voc20, prefetch=0, batch_size=1), tmp_path / "seq", progress=False)
+def test_eval_batch_size_equals_sequential_with_and_without_read_ahead(voc21_set, tmp_path, batch_clip):
+    seq = evaluate(fakedata.tiny_eval_config(voc21_set, prefetch=0, batch_size=1), tmp_path / "seq", progress=False)
     for prefetch in (0, 3):
         groups: list = []
-        bat = evaluate(_cfg(voc20, prefetch=prefetch, batch_size=4), tmp_path / f"b{prefetch}", progress=False,
+        bat = evaluate(fakedata.tiny_eval_config(voc21_set, prefetch=prefetch, batch_size=4), tmp_path / f"b{prefetch}", progress=False,
                        factory=_spying(groups))
         assert groups == [4] * 5
         np.testing.assert_array_equal(seq.confusion, bat.confusion)
@@ -145,15 +133,15 @@ def test_eval_batch_size_equals_sequential_with_and_without_read_ahead(voc20, tm
 
 
 @pytest.mark.slow
-def test_eval_interrupted_with_one_batch_size_resumed_with_another_equals_sequential(voc20, tmp_path, batch_clip):
-    seq = evaluate(_cfg(voc20, prefetch=0), tmp_path / "seq", progress=False)
+def test_eval_interrupted_with_one_batch_size_resumed_with_another_equals_sequential(voc21_set, tmp_path, batch_clip):
+    seq = evaluate(fakedata.tiny_eval_config(voc21_set, prefetch=0), tmp_path / "seq", progress=False)
     groups: list = []
     with pytest.raises(KeyboardInterrupt):     # stops when asked for images 5..8
-        evaluate(_cfg(voc20, prefetch=3, batch_size=4), tmp_path / "res", progress=False,
+        evaluate(fakedata.tiny_eval_config(voc21_set, prefetch=3, batch_size=4), tmp_path / "res", progress=False,
                  factory=_spying(groups, stop_after=7), save_every=1)
     assert groups == [4]
     groups.clear()
-    res = evaluate(_cfg(voc20, prefetch=2, batch_size=3), tmp_path / "res", progress=False, resume=True,
+    res = evaluate(fakedata.tiny_eval_config(voc21_set, prefetch=2, batch_size=3), tmp_path / "res", progress=False, resume=True,
                    factory=_spying(groups))
     assert res.resumed and groups == [3] * 5        # the 16 images left: 5 groups of 3, the last one alone
     np.testing.assert_array_equal(seq.confusion, res.confusion)
@@ -209,9 +197,9 @@ def test_bad_and_empty_samples_keep_their_place_in_batches(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_with_batches_equal_the_sequential_single_process(voc20, tmp_path):
+def test_two_gloo_ranks_with_batches_equal_the_sequential_single_process(voc21_set, tmp_path):
     from test_eval_distributed import _eval
-    common = ["--method", "clip", "--dataset", "voc21", "--data-root", str(voc20), "--limit", "9", "--clip",
+    common = ["--method", "clip", "--dataset", "voc21", "--data-root", str(voc21_set), "--limit", "9", "--clip",
               "tiny-test", "--clip-weights", "random", "--device", "cpu"]
     _eval(common + ["--out", str(tmp_path / "seq"), "--batch-size", "1", "--prefetch", "0"],
           factory="batchclip:make")

@@ -54,22 +54,10 @@ def test_ahead_stops_its_workers_when_the_consumer_stops():
     assert not [t for t in threading.enumerate() if t.name.startswith("ovss-prefetch")]
 
 
-@pytest.fixture(scope="module")
-def voc20(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prefetch") / "d"
-    fakedata.make_dataset(root, "voc21", n=20, sizes=[(24, 32), (30, 20), (16, 16), (28, 36)] * 5, seed=3)
-    return root
-
-
-def _cfg(root, **kw):
-    return EvalConfig(method="clip", dataset="voc21", data_root=str(root), clip="tiny-test", clip_weights="random",
-                      device="cpu", **kw)
-
-
 @pytest.mark.slow
-def test_prefetch_equals_sequential_with_the_real_segmenter_and_after_resume(voc20, tmp_path):
-    seq = evaluate(_cfg(voc20, prefetch=0), tmp_path / "seq", progress=False)
-    pre = evaluate(_cfg(voc20, prefetch=3), tmp_path / "pre", progress=False)
+def test_prefetch_equals_sequential_with_the_real_segmenter_and_after_resume(voc21_set, tmp_path):
+    seq = evaluate(fakedata.tiny_eval_config(voc21_set, prefetch=0), tmp_path / "seq", progress=False)
+    pre = evaluate(fakedata.tiny_eval_config(voc21_set, prefetch=3), tmp_path / "pre", progress=False)
     np.testing.assert_array_equal(seq.confusion, pre.confusion)
     assert seq.summary == pre.summary and pre.evaluated == 20
 
@@ -90,8 +78,8 @@ def test_prefetch_equals_sequential_with_the_real_segmenter_and_after_resume(voc
         return seg
 
     with pytest.raises(KeyboardInterrupt):
-        evaluate(_cfg(voc20, prefetch=3), tmp_path / "res", progress=False, factory=interrupting, save_every=1)
-    res = evaluate(_cfg(voc20, prefetch=3), tmp_path / "res", progress=False, resume=True)
+        evaluate(fakedata.tiny_eval_config(voc21_set, prefetch=3), tmp_path / "res", progress=False, factory=interrupting, save_every=1)
+    res = evaluate(fakedata.tiny_eval_config(voc21_set, prefetch=3), tmp_path / "res", progress=False, resume=True)
     assert res.resumed
     np.testing.assert_array_equal(seq.confusion, res.confusion)
 
