@@ -131,6 +131,9 @@ def run(args) -> int:
             paths = write_table(results, out_root)
             print(Path(paths["md"]).read_text().split("\nmAcc")[0])
             print(f"table -> {paths['md']}")
+        # every rank done before any tears down its process group: a rank that still writes results while its
+        # peer closes the connection can abort in gloo's teardown ("terminate called without an active exception")
+        D.barrier(info)
     finally:
         D.finish(info)
     return 0
